@@ -1,0 +1,4 @@
+pub mod config;
+pub mod oauth;
+pub mod output;
+pub mod secret;

@@ -1,0 +1,4 @@
+//! The one integration-test binary: each module drives the real `bearerd` binary or library
+//! against real files, real HTTP and real processes.
+
+mod harness;
