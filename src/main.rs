@@ -1,1 +1,143 @@
-fn main() {}
+//! The `bearerd` command: parse arguments, set up logging, call one library entry point and
+//! map its result to an exit code (0 success, 1 runtime failure, 2 usage or configuration).
+//! No logic of its own lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bearerd::config::{self, Config, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bearerd",
+    version,
+    about = "Keeps OAuth 2.0 access tokens fresh on disk"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "BEARERD_CONFIG",
+        default_value = config::DEFAULT_PATH,
+        global = true
+    )]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keep every client's token fresh on disk (the daemon).
+    Run {
+        /// Fetch every token once, write the files and exit (for init containers).
+        #[arg(long)]
+        once: bool,
+        /// With --once: how long to ride out transient failures.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "once")]
+        deadline: Duration,
+    },
+    /// Validate the configuration and print what it would do; no network.
+    Check,
+    /// Fetch one token now and print it to stdout.
+    Token {
+        /// The client's name in the configuration.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            init_logging(LogFormat::Text);
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.agent.log_format);
+    bearerd::warn_about_permissions(&config);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bearerd: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Check => {
+            let report = bearerd::check(&config);
+            print_stdout(report.as_bytes())
+        }
+        Command::Token { name } => match runtime.block_on(bearerd::token(&config, &name)) {
+            Ok(token) => print_stdout(token.expose().as_bytes()),
+            Err(message) => {
+                tracing::error!("{message}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run {
+            once: true,
+            deadline,
+        } => {
+            let clock = bearerd::clock::Clock::system();
+            match runtime.block_on(bearerd::run_once(&config, deadline, clock)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(failure) => {
+                    for (client, message) in &failure.failed {
+                        tracing::error!(client = %client, error = %message, "no token");
+                    }
+                    tracing::error!("{failure}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run { once: false, .. } => {
+            match runtime.block_on(bearerd::run(config, bearerd::clock::Clock::system())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    tracing::error!("{message}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_stdout(bytes: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bearerd: cannot write to stdout: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+    if let Err(error) = result {
+        eprintln!("bearerd: cannot set up logging: {error}");
+    }
+}

@@ -1,4 +1,7 @@
 //! The one integration-test binary: each module drives the real `bearerd` binary or library
 //! against real files, real HTTP and real processes.
 
+mod cli;
+mod configs;
 mod harness;
+mod oidc;

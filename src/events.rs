@@ -1,0 +1,236 @@
+//! OS events turned into [`Event`]s: signals, changes to watched files (by content, debounced)
+//! and wall-clock steps. The only code that touches signal handlers, inotify or timerfd; it
+//! decides nothing about what an event means.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use notify::Watcher;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+/// Everything that can make the supervisor act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// SIGHUP, or a watched file's content changed.
+    Reload(ReloadCause),
+    /// SIGUSR1: refresh every client now.
+    RefreshAll,
+    /// SIGTERM or SIGINT.
+    Shutdown,
+    /// The wall clock was set or the machine resumed: every deadline must be re-checked.
+    ClockChanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadCause {
+    Signal,
+    FileChanged(PathBuf),
+}
+
+/// How long file events must be quiet before the files are compared: an editor's save or a
+/// kubelet `..data` swap is several events, and must be one reload.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Forwards SIGTERM/SIGINT/SIGHUP/SIGUSR1 as events until the receiver is gone.
+pub fn spawn_signals(
+    tasks: &mut JoinSet<()>,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    tasks.spawn(async move {
+        while let Some(signal) = signals.next().await {
+            let event = match signal {
+                SIGHUP => Event::Reload(ReloadCause::Signal),
+                SIGUSR1 => Event::RefreshAll,
+                _ => Event::Shutdown,
+            };
+            if events.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Watches files through their directories (so editors' rename-replace and kubelet's
+/// `..data` symlink swap are seen) and reports a file whose content really changed.
+pub struct FileWatch {
+    watcher: notify::RecommendedWatcher,
+    watched_dirs: BTreeSet<PathBuf>,
+    files: Arc<Mutex<BTreeMap<PathBuf, Option<Digest>>>>,
+}
+
+type Digest = [u8; 32];
+
+impl FileWatch {
+    pub fn start(
+        tasks: &mut JoinSet<()>,
+        files: &[PathBuf],
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Self, String> {
+        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+        let watcher =
+            notify::recommended_watcher(
+                move |result: notify::Result<notify::Event>| match result {
+                    Ok(_) => {
+                        let _ = raw_tx.send(());
+                    }
+                    Err(error) => warn!(%error, "file watch error"),
+                },
+            )
+            .map_err(|error| format!("cannot watch files: {error}"))?;
+        let shared: Arc<Mutex<BTreeMap<PathBuf, Option<Digest>>>> = Arc::default();
+        let mut watch = Self {
+            watcher,
+            watched_dirs: BTreeSet::new(),
+            files: Arc::clone(&shared),
+        };
+        watch.set_files(files);
+        tasks.spawn(async move {
+            while raw_rx.recv().await.is_some() {
+                // Wait for a quiet moment, then compare contents once.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, raw_rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let changed = {
+                    let mut files = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut changed = None;
+                    for (path, digest) in files.iter_mut() {
+                        let now = digest_of(path);
+                        if now != *digest {
+                            *digest = now;
+                            changed.get_or_insert_with(|| path.clone());
+                        }
+                    }
+                    changed
+                };
+                if let Some(path) = changed {
+                    debug!(path = %path.display(), "watched file changed");
+                    if events
+                        .send(Event::Reload(ReloadCause::FileChanged(path)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(watch)
+    }
+
+    /// Replaces the set of watched files (after a reload); their current contents become the
+    /// baseline.
+    pub fn set_files(&mut self, files: &[PathBuf]) {
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .map(|file| match file.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        for gone in self.watched_dirs.difference(&dirs) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for dir in dirs.difference(&self.watched_dirs) {
+            if let Err(error) = self.watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                warn!(path = %dir.display(), %error, "cannot watch directory; use SIGHUP to reload");
+            }
+        }
+        self.watched_dirs = dirs;
+        let baseline = files
+            .iter()
+            .map(|file| (file.clone(), digest_of(file)))
+            .collect();
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = baseline;
+    }
+}
+
+fn digest_of(path: &Path) -> Option<Digest> {
+    let bytes = std::fs::read(path).ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    digest.as_ref().try_into().ok()
+}
+
+/// Reports wall-clock steps and resumes from suspend: a `CLOCK_REALTIME` timerfd armed with
+/// `TFD_TIMER_CANCEL_ON_SET` is cancelled by the kernel whenever the clock is set, which
+/// includes the jump at resume. One descriptor for the whole process, no polling.
+pub fn spawn_clock_watch(
+    tasks: &mut JoinSet<()>,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<()> {
+    use rustix::time::{
+        Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create,
+        timerfd_settime,
+    };
+    let fd: OwnedFd = timerfd_create(
+        TimerfdClockId::Realtime,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )?;
+    // Far in the future: the timer should never fire, only be cancelled.
+    let arm = |fd: &OwnedFd| {
+        let far = rustix::time::Timespec {
+            tv_sec: 32_503_680_000, // year 3000
+            tv_nsec: 0,
+        };
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        timerfd_settime(
+            fd,
+            TimerfdTimerFlags::ABSTIME | TimerfdTimerFlags::CANCEL_ON_SET,
+            &Itimerspec {
+                it_interval: zero,
+                it_value: far,
+            },
+        )
+        .map(|_| ())
+    };
+    arm(&fd)?;
+    // `AsyncFd::new` is deprecated for types whose descriptor may be closed behind tokio's
+    // back; an `OwnedFd` moved in here cannot be, and `register` would need `unsafe`.
+    #[allow(deprecated)]
+    let fd = AsyncFd::new(fd)?;
+    tasks.spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable().await else {
+                return;
+            };
+            let mut buffer = [0u8; 8];
+            match guard.try_io(|inner| {
+                rustix::io::read(inner.get_ref(), &mut buffer).map_err(std::io::Error::from)
+            }) {
+                Err(_would_block) => continue,
+                Ok(Ok(_)) => {}
+                Ok(Err(error))
+                    if error.raw_os_error() == Some(rustix::io::Errno::CANCELED.raw_os_error()) =>
+                {
+                    if events.send(Event::ClockChanged).is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(error)) => {
+                    warn!(%error, "clock watch failed; clock steps will be noticed late");
+                    return;
+                }
+            }
+            if let Err(error) = arm(fd.get_ref()) {
+                warn!(%error, "cannot re-arm the clock watch");
+                return;
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The event loop: owns one worker task per client, applies reloads with [`plan`], and
+//! publishes [`Status`]. Everything that can make bearerd act arrives here as one `Event`.
+//! It never fetches, writes token files or talks to the OS itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::{ClientName, ClientSpec, Config};
+use crate::events::{Event, ReloadCause};
+use crate::worker::{Command, Mode, Report, Shared, Worker};
+
+/// What every observer (readiness, metrics, systemd) knows about the clients.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    pub clients: BTreeMap<ClientName, ClientStatus>,
+    /// Bumped on every successful reload.
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientStatus {
+    /// At least one attempt finished (success or failure) since the client started.
+    pub tried: bool,
+    pub expires_at: Option<SystemTime>,
+    pub next_refresh: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    pub refreshes_ok: u64,
+    pub refreshes_failed: u64,
+    /// Durations of token requests since the last look (drained by the metrics).
+    pub latencies: Vec<Duration>,
+}
+
+impl Status {
+    /// Every client has been tried once.
+    pub fn all_tried(&self) -> bool {
+        self.clients.values().all(|client| client.tried)
+    }
+
+    /// Clients without an unexpired token on disk.
+    pub fn unready(&self, now: SystemTime) -> Vec<&ClientName> {
+        self.clients
+            .iter()
+            .filter(|(_, client)| client.expires_at.is_none_or(|expires_at| expires_at <= now))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// One line for `systemctl status`: "3 clients, 3 fresh, next refresh in 4m".
+    pub fn summary(&self, now: SystemTime) -> String {
+        let total = self.clients.len();
+        let fresh = total - self.unready(now).len();
+        let failing = self
+            .clients
+            .values()
+            .filter(|client| client.last_error.is_some())
+            .count();
+        let mut line = format!("{total} clients, {fresh} fresh");
+        if failing > 0 {
+            line.push_str(&format!(", {failing} failing"));
+        }
+        if let Some(next) = self.clients.values().filter_map(|c| c.next_refresh).min() {
+            let left = next.duration_since(now).unwrap_or(Duration::ZERO);
+            line.push_str(&format!(
+                ", next refresh in {}",
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            ));
+        }
+        line
+    }
+}
+
+/// What a reload does, decided from the old and the new configuration alone.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Untouched: same settings, same worker, same timers.
+    pub keep: Vec<ClientName>,
+    pub stop: Vec<ClientName>,
+    /// (name, restore): restore = reuse the saved token (only files or hooks changed, or the
+    /// client is new); otherwise fetch at once.
+    pub start: Vec<(ClientName, bool)>,
+}
+
+/// Decides a reload. A change of `[agent]` restarts every worker, but lets them reuse their
+/// saved tokens; a change to what a token request sends (including the secret) refetches.
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut plan = Plan::default();
+    let agent_changed = old.agent != new.agent;
+    for client in &old.clients {
+        if new.client(client.name.as_str()).is_none() {
+            plan.stop.push(client.name.clone());
+        }
+    }
+    for client in &new.clients {
+        match old.client(client.name.as_str()) {
+            None => plan.start.push((client.name.clone(), true)),
+            Some(previous) if previous == client && !agent_changed => {
+                plan.keep.push(client.name.clone());
+            }
+            Some(previous) => {
+                plan.stop.push(client.name.clone());
+                plan.start
+                    .push((client.name.clone(), same_request(previous, client)));
+            }
+        }
+    }
+    plan
+}
+
+/// Whether two specs would send the same token request (so a saved token stays good).
+fn same_request(a: &ClientSpec, b: &ClientSpec) -> bool {
+    a.endpoint == b.endpoint
+        && a.client_id == b.client_id
+        && a.auth == b.auth
+        && a.audience == b.audience
+        && a.scope == b.scope
+        && a.extra_params == b.extra_params
+        && a.tls == b.tls
+        && a.allow_insecure_http == b.allow_insecure_http
+}
+
+struct Running {
+    abort: AbortHandle,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// Something the supervisor tells the outside world about (systemd).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Ready,
+    Reloading,
+    Stopping,
+}
+
+/// The daemon's core. `events` carries signals, file changes and clock steps (or a test's
+/// stand-ins); returns after `Event::Shutdown` or when `events` closes, with no task left.
+pub struct Supervisor {
+    config: Config,
+    clock: Clock,
+    shared: Arc<Shared>,
+    workers: HashMap<ClientName, Running>,
+    tasks: JoinSet<()>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    status: watch::Sender<Status>,
+    notices: mpsc::UnboundedSender<Notice>,
+    /// Files to watch changed after a reload; read by the caller.
+    pub watched_files: watch::Sender<Vec<PathBuf>>,
+}
+
+impl Supervisor {
+    pub fn new(config: Config, clock: Clock, notices: mpsc::UnboundedSender<Notice>) -> Self {
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let shared = Shared::new(config.agent.clone(), clock.clone());
+        let (watched_files, _) = watch::channel(config.watched_files());
+        Self {
+            shared,
+            clock,
+            workers: HashMap::new(),
+            tasks: JoinSet::new(),
+            reports_tx,
+            reports,
+            status: watch::channel(Status::default()).0,
+            notices,
+            watched_files,
+            config,
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        crate::sweep_stale_temps(&self.config);
+        let names: Vec<ClientName> = self.config.clients.iter().map(|c| c.name.clone()).collect();
+        for name in names {
+            self.start(&name, true);
+        }
+        self.check_ready(false);
+        let mut ready_sent = self.config.clients.is_empty();
+        if ready_sent {
+            let _ = self.notices.send(Notice::Ready);
+        }
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    None | Some(Event::Shutdown) => break,
+                    Some(Event::Reload(cause)) => self.reload(cause),
+                    Some(Event::RefreshAll) => {
+                        info!("refreshing every client now");
+                        self.broadcast(Command::RefreshNow);
+                    }
+                    Some(Event::ClockChanged) => {
+                        info!("the wall clock changed; re-checking every deadline");
+                        self.broadcast(Command::ClockChanged);
+                    }
+                },
+                Some(report) = self.reports.recv() => {
+                    self.record(report);
+                    if !ready_sent && self.status.borrow().all_tried() {
+                        ready_sent = true;
+                        let _ = self.notices.send(Notice::Ready);
+                    }
+                }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Err(error) = joined
+                        && error.is_panic()
+                    {
+                        error!("a worker panicked: {error}");
+                    }
+                }
+            }
+        }
+        let _ = self.notices.send(Notice::Stopping);
+        info!("stopping");
+        self.tasks.shutdown().await;
+    }
+
+    fn start(&mut self, name: &ClientName, restore: bool) {
+        let Some(spec) = self.config.client(name.as_str()) else {
+            return;
+        };
+        let spec = Arc::new(spec.clone());
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let worker = Worker::new(
+            spec,
+            Arc::clone(&self.shared),
+            Some(self.reports_tx.clone()),
+        );
+        let abort = self.tasks.spawn(async move {
+            let _ = worker.run(Mode::Daemon, restore, commands_rx).await;
+        });
+        self.workers
+            .insert(name.clone(), Running { abort, commands });
+        self.status.send_modify(|status| {
+            status.clients.insert(name.clone(), ClientStatus::default());
+        });
+    }
+
+    fn stop(&mut self, name: &ClientName) {
+        if let Some(running) = self.workers.remove(name) {
+            running.abort.abort();
+        }
+        self.status.send_modify(|status| {
+            status.clients.remove(name);
+        });
+    }
+
+    fn broadcast(&self, command: Command) {
+        for running in self.workers.values() {
+            let _ = running.commands.send(command);
+        }
+    }
+
+    fn reload(&mut self, cause: ReloadCause) {
+        match &cause {
+            ReloadCause::Signal => info!("reloading (SIGHUP)"),
+            ReloadCause::FileChanged(path) => {
+                info!(path = %path.display(), "reloading (file changed)")
+            }
+        }
+        let _ = self.notices.send(Notice::Reloading);
+        match Config::load(&self.config.path) {
+            Err(error) => {
+                for line in error.to_string().lines() {
+                    error!("invalid configuration, keeping the running one: {line}");
+                }
+            }
+            Ok(new) => {
+                let plan = plan(&self.config, &new);
+                if self.config.agent != new.agent {
+                    self.shared = Shared::new(new.agent.clone(), self.clock.clone());
+                }
+                self.config = new;
+                for name in &plan.stop {
+                    self.stop(name);
+                }
+                for (name, restore) in &plan.start {
+                    self.start(name, *restore);
+                }
+                info!(
+                    kept = plan.keep.len(),
+                    started = plan.start.len(),
+                    stopped = plan.stop.len(),
+                    "configuration reloaded"
+                );
+                self.status.send_modify(|status| status.generation += 1);
+                self.watched_files.send_replace(self.config.watched_files());
+            }
+        }
+        let _ = self.notices.send(Notice::Ready);
+    }
+
+    fn record(&mut self, report: Report) {
+        let client = match &report {
+            Report::Fresh { client, .. }
+            | Report::Failed { client, .. }
+            | Report::Expired { client } => client.clone(),
+        };
+        if !self.workers.contains_key(&client) {
+            return; // a late report from a worker that was just stopped
+        }
+        self.status.send_modify(|status| {
+            let Some(entry) = status.clients.get_mut(&client) else {
+                return;
+            };
+            entry.tried = true;
+            match report {
+                Report::Fresh {
+                    expires_at,
+                    next_refresh,
+                    latency,
+                    restored,
+                    ..
+                } => {
+                    entry.expires_at = Some(expires_at);
+                    entry.next_refresh = Some(next_refresh);
+                    entry.last_error = None;
+                    if !restored {
+                        entry.refreshes_ok += 1;
+                    }
+                    entry.latencies.extend(latency);
+                }
+                Report::Failed {
+                    message,
+                    at,
+                    retry_at,
+                    latency,
+                    ..
+                } => {
+                    entry.last_error = Some(message);
+                    entry.last_error_at = Some(at);
+                    entry.next_refresh = Some(retry_at);
+                    entry.refreshes_failed += 1;
+                    entry.latencies.extend(latency);
+                }
+                Report::Expired { .. } => {
+                    warn!(client = %client, "token expired");
+                }
+            }
+        });
+    }
+
+    fn check_ready(&self, _reloading: bool) {}
+}

@@ -1,0 +1,510 @@
+//! One client's life: restore → fetch → write → persist → sleep, or back off and retry.
+//! This is the only place that retries; it reads no config and watches no OS events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{Instrument, debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::{
+    Agent, Auth, ClientName, ClientSpec, Endpoint, OnExpiry, SecretMethod, TlsSettings,
+};
+use crate::oauth::{self, Credentials, Discovery, FetchError, Token, TokenRequest};
+use crate::output;
+use crate::schedule::{self, Backoff, Failure};
+use crate::state;
+
+/// What every worker of one configuration shares: agent settings, the clock, the bound on
+/// requests in flight, and HTTP clients (one per distinct TLS setting, so connection pools and
+/// root stores are shared).
+pub struct Shared {
+    pub agent: Agent,
+    pub clock: Clock,
+    pub permits: Arc<Semaphore>,
+    http: Mutex<HashMap<TlsSettings, reqwest::Client>>,
+}
+
+impl Shared {
+    pub fn new(agent: Agent, clock: Clock) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
+            agent,
+            clock,
+            http: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn http(&self, tls: &TlsSettings) -> Result<reqwest::Client, String> {
+        let mut clients = self
+            .http
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(http) = clients.get(tls) {
+            return Ok(http.clone());
+        }
+        let http = oauth::http_client(self.agent.http_timeout, tls)?;
+        clients.insert(tls.clone(), http.clone());
+        Ok(http)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            min: self.agent.backoff_min,
+            max: self.agent.backoff_max,
+        }
+    }
+}
+
+/// A client's connection to its authorization server: the discovered endpoint is cached
+/// and dropped when the endpoint stops answering.
+pub struct Session {
+    spec: Arc<ClientSpec>,
+    shared: Arc<Shared>,
+    discovery: Option<Discovery>,
+}
+
+impl Session {
+    pub fn new(spec: Arc<ClientSpec>, shared: Arc<Shared>) -> Self {
+        Self {
+            spec,
+            shared,
+            discovery: None,
+        }
+    }
+
+    /// One token request (after discovery, when the client uses an issuer).
+    pub async fn fetch(&mut self) -> Result<Token, FetchError> {
+        let _permit = self
+            .shared
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| FetchError::transient("shutting down"))?;
+        let http = self
+            .shared
+            .http(&self.spec.tls)
+            .map_err(FetchError::permanent)?;
+        let spec = Arc::clone(&self.spec);
+        let (token_url, discovered_methods) = match &spec.endpoint {
+            Endpoint::TokenUrl(url) => (url.clone(), None),
+            Endpoint::Issuer(issuer) => {
+                let discovery = match &self.discovery {
+                    Some(discovery) => discovery.clone(),
+                    None => {
+                        let discovery = oauth::discover(&http, issuer).await?;
+                        crate::config::check_url_scheme(
+                            &discovery.token_endpoint,
+                            spec.allow_insecure_http,
+                        )
+                        .map_err(|message| {
+                            FetchError::permanent(format!("discovered token_endpoint: {message}"))
+                        })?;
+                        self.discovery = Some(discovery.clone());
+                        discovery
+                    }
+                };
+                let url = match (&spec.auth, &discovery.mtls_token_endpoint) {
+                    (Auth::TlsClientAuth, Some(mtls)) => mtls.clone(),
+                    _ => discovery.token_endpoint.clone(),
+                };
+                (url, Some(discovery.auth_methods))
+            }
+        };
+        let credentials = credentials(&spec, discovered_methods.as_deref(), &token_url)?;
+        let request = TokenRequest {
+            token_url: &token_url,
+            client_id: &spec.client_id,
+            credentials,
+            audience: spec.audience.as_deref(),
+            scope: spec.scope.as_deref(),
+            extra_params: &spec.extra_params,
+        };
+        let now = self.shared.clock.now();
+        let result =
+            oauth::request_token(&http, &request, now, self.shared.agent.default_lifetime).await;
+        if let Err(error) = &result
+            && error.endpoint_unreachable()
+        {
+            self.discovery = None;
+        }
+        result
+    }
+}
+
+/// The credentials for one request; a secret file is re-read so rotation needs no reload.
+fn credentials(
+    spec: &ClientSpec,
+    discovered_methods: Option<&[String]>,
+    token_url: &url::Url,
+) -> Result<Credentials, FetchError> {
+    match &spec.auth {
+        Auth::Secret { secret, method } => {
+            let secret = secret.current().map_err(FetchError::transient)?;
+            let method = match method {
+                Some(method) => *method,
+                None => choose_secret_method(discovered_methods.unwrap_or_default())?,
+            };
+            Ok(match method {
+                SecretMethod::Basic => Credentials::Basic(secret),
+                SecretMethod::Post => Credentials::Post(secret),
+                SecretMethod::Json => Credentials::Json(secret),
+            })
+        }
+        Auth::PrivateKeyJwt { key_file, key_id } => {
+            let key_pem = std::fs::read_to_string(key_file).map_err(|error| {
+                FetchError::transient(format!(
+                    "cannot read private_key_file {}: {error}",
+                    key_file.display()
+                ))
+            })?;
+            Ok(Credentials::PrivateKeyJwt {
+                key_pem: crate::secret::Secret::new(key_pem),
+                key_id: key_id.clone(),
+                assertion_audience: token_url.to_string(),
+            })
+        }
+        Auth::TlsClientAuth => Ok(Credentials::TlsClientAuth),
+    }
+}
+
+/// The first secret-based method the discovery document lists that we support.
+fn choose_secret_method(listed: &[String]) -> Result<SecretMethod, FetchError> {
+    let listed_or_default: Vec<&str> = if listed.is_empty() {
+        vec!["client_secret_basic"]
+    } else {
+        listed.iter().map(String::as_str).collect()
+    };
+    listed_or_default
+        .iter()
+        .find_map(|method| match *method {
+            "client_secret_basic" => Some(SecretMethod::Basic),
+            "client_secret_post" => Some(SecretMethod::Post),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            FetchError::permanent(format!(
+                "the server supports none of client_secret_basic, client_secret_post \
+                 (it lists {}); set auth_method",
+                listed_or_default.join(", ")
+            ))
+        })
+}
+
+/// Renders and writes every output of `spec`; returns whether any file changed. The writes run
+/// on a blocking thread, so cancelling the caller cannot interrupt one half-way.
+pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool, String> {
+    let spec = Arc::clone(spec);
+    let token = token.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut changed = false;
+        let mut errors = Vec::new();
+        for output in &spec.outputs {
+            let bytes = output::render(&output.format, &token, &spec.name);
+            match output::write_if_changed(&output.path, &bytes, output.mode) {
+                Ok(wrote) => changed |= wrote,
+                Err(error) => errors.push(error.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(changed)
+        } else {
+            Err(errors.join("; "))
+        }
+    })
+    .await
+    .map_err(|error| format!("writer task failed: {error}"))?
+}
+
+fn remove_outputs(spec: &ClientSpec) {
+    for output in &spec.outputs {
+        if let Err(error) = output::remove_output(&output.path) {
+            warn!(%error, "cannot remove an expired token file");
+        }
+    }
+}
+
+/// What a worker tells the supervisor.
+#[derive(Clone, Debug)]
+pub enum Report {
+    /// New files are in place (or were restored from state).
+    Fresh {
+        client: ClientName,
+        expires_at: SystemTime,
+        next_refresh: SystemTime,
+        latency: Option<Duration>,
+        restored: bool,
+    },
+    Failed {
+        client: ClientName,
+        message: String,
+        at: SystemTime,
+        retry_at: SystemTime,
+        latency: Option<Duration>,
+    },
+    /// The token on disk has expired and no new one came.
+    Expired { client: ClientName },
+}
+
+/// What the supervisor can tell a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    RefreshNow,
+    /// The wall clock stepped or the machine resumed: re-check every deadline.
+    ClockChanged,
+}
+
+/// How long a worker lives.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Until the first token is written; transient failures are retried until `deadline`.
+    Once { deadline: SystemTime },
+    /// Until the task is aborted.
+    Daemon,
+}
+
+pub struct Worker {
+    spec: Arc<ClientSpec>,
+    shared: Arc<Shared>,
+    session: Session,
+    state_path: std::path::PathBuf,
+    reports: Option<mpsc::UnboundedSender<Report>>,
+}
+
+impl Worker {
+    pub fn new(
+        spec: Arc<ClientSpec>,
+        shared: Arc<Shared>,
+        reports: Option<mpsc::UnboundedSender<Report>>,
+    ) -> Self {
+        let state_path = state::path(&shared.agent, &spec);
+        Self {
+            session: Session::new(Arc::clone(&spec), Arc::clone(&shared)),
+            spec,
+            shared,
+            state_path,
+            reports,
+        }
+    }
+
+    /// Runs the client until `mode` says stop. `restore`: reuse a saved token fetched with
+    /// the same settings while it is not yet due. Returns the first error in `Once` mode.
+    pub async fn run(
+        mut self,
+        mode: Mode,
+        restore: bool,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), String> {
+        let span = tracing::info_span!("client", name = %self.spec.name);
+        async move { self.life(mode, restore, &mut commands).await }
+            .instrument(span)
+            .await
+    }
+
+    async fn life(
+        &mut self,
+        mode: Mode,
+        restore: bool,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), String> {
+        let clock = self.shared.clock.clone();
+        let mut current: Option<Token> = None;
+        let mut due = clock.now();
+        if restore && let Some(token) = state::load(&self.state_path, &self.spec) {
+            let next = self.next_refresh(&token);
+            if clock.now() < next {
+                match write_outputs(&self.spec, &token).await {
+                    Ok(_) => {
+                        info!(
+                            token = %token.access_token.fingerprint(),
+                            expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+                            next_refresh = %humantime::format_rfc3339_seconds(next),
+                            "reusing the saved token"
+                        );
+                        self.report(Report::Fresh {
+                            client: self.spec.name.clone(),
+                            expires_at: token.expires_at,
+                            next_refresh: next,
+                            latency: None,
+                            restored: true,
+                        });
+                        if matches!(mode, Mode::Once { .. }) {
+                            return Ok(());
+                        }
+                        due = next;
+                        current = Some(token);
+                    }
+                    Err(message) => warn!(%message, "cannot restore the saved token's files"),
+                }
+            }
+        }
+        let mut attempt: u32 = 0;
+        let mut last_error: Option<String> = None;
+        let mut expired_reported = false;
+        loop {
+            // Sleep until the refresh is due (or the current token expires, to report it).
+            let now = clock.now();
+            let expiry = current
+                .as_ref()
+                .map(|token| token.expires_at)
+                .filter(|expires_at| *expires_at > now && !expired_reported);
+            let wake = match expiry {
+                Some(expires_at) => due.min(expires_at),
+                None => due,
+            };
+            if wake > now {
+                tokio::select! {
+                    () = clock.sleep_until(wake) => {}
+                    command = commands.recv() => match command {
+                        Some(Command::RefreshNow) => {
+                            info!("refresh requested");
+                            due = clock.now();
+                            attempt = 0;
+                        }
+                        Some(Command::ClockChanged) => debug!("clock changed; re-checking deadlines"),
+                        None => {
+                            // The supervisor dropped us: a daemon worker only ends by abort,
+                            // so keep going on timers alone.
+                            std::future::pending::<()>().await;
+                        }
+                    },
+                }
+                let now = clock.now();
+                if let Some(token) = &current
+                    && now >= token.expires_at
+                    && !expired_reported
+                {
+                    expired_reported = true;
+                    self.expired(token);
+                }
+                if now < due {
+                    continue;
+                }
+            }
+
+            let started = Instant::now();
+            let result = self.session.fetch().await;
+            let latency = started.elapsed();
+            let now = clock.now();
+            let failure = match result {
+                Ok(token) => match write_outputs(&self.spec, &token).await {
+                    Ok(changed) => {
+                        if let Err(message) = state::save(&self.state_path, &self.spec, &token) {
+                            warn!(%message, "cannot save state; a restart will fetch again");
+                        }
+                        let next = self.next_refresh(&token);
+                        if last_error.take().is_some() {
+                            info!("recovered");
+                        }
+                        info!(
+                            token = %token.access_token.fingerprint(),
+                            expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+                            next_refresh = %humantime::format_rfc3339_seconds(next),
+                            changed,
+                            "token refreshed"
+                        );
+                        self.report(Report::Fresh {
+                            client: self.spec.name.clone(),
+                            expires_at: token.expires_at,
+                            next_refresh: next,
+                            latency: Some(latency),
+                            restored: false,
+                        });
+                        if changed {
+                            crate::hooks::on_refresh(&self.spec);
+                        }
+                        if matches!(mode, Mode::Once { .. }) {
+                            return Ok(());
+                        }
+                        attempt = 0;
+                        expired_reported = false;
+                        due = next;
+                        current = Some(token);
+                        continue;
+                    }
+                    // Files could not be written: keep the good token out of memory too, so
+                    // the next attempt starts clean; a write fault is treated as transient.
+                    Err(message) => (Failure::Transient, None, message),
+                },
+                Err(error) => {
+                    let failure = if error.is_permanent() {
+                        Failure::Permanent
+                    } else {
+                        Failure::Transient
+                    };
+                    (failure, error.retry_after(), error.to_string())
+                }
+            };
+            let (failure, retry_after, message) = failure;
+            let expires_at = current.as_ref().map(|token| token.expires_at);
+            let delay = self.shared.backoff().delay(
+                failure,
+                attempt,
+                retry_after,
+                now,
+                expires_at,
+                rand::random::<f64>(),
+            );
+            attempt = attempt.saturating_add(1);
+            due = now + delay;
+            let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
+            if last_error.as_deref() != Some(message.as_str()) {
+                match failure {
+                    Failure::Permanent => {
+                        error!(error = %message, %retry_in, "token request failed; will not heal without a change")
+                    }
+                    Failure::Transient => {
+                        warn!(error = %message, %retry_in, "token request failed")
+                    }
+                }
+            } else {
+                debug!(error = %message, %retry_in, attempt, "token request failed again");
+            }
+            last_error = Some(message.clone());
+            self.report(Report::Failed {
+                client: self.spec.name.clone(),
+                message: message.clone(),
+                at: now,
+                retry_at: due,
+                latency: Some(latency),
+            });
+            if let Mode::Once { deadline } = mode
+                && (failure == Failure::Permanent || due > deadline)
+            {
+                return Err(message);
+            }
+        }
+    }
+
+    fn next_refresh(&self, token: &Token) -> SystemTime {
+        schedule::refresh_deadline(
+            token.issued_at,
+            token.expires_at,
+            self.shared.agent.refresh_at,
+            rand::random::<f64>(),
+        )
+    }
+
+    fn expired(&self, token: &Token) {
+        warn!(
+            token = %token.access_token.fingerprint(),
+            "the token on disk has expired and no new one could be fetched"
+        );
+        if self.spec.on_expiry == OnExpiry::Remove {
+            remove_outputs(&self.spec);
+            state::remove(&self.state_path);
+            info!("removed the expired token's files (on_expiry = \"remove\")");
+        }
+        self.report(Report::Expired {
+            client: self.spec.name.clone(),
+        });
+    }
+
+    fn report(&self, report: Report) {
+        if let Some(reports) = &self.reports {
+            let _ = reports.send(report);
+        }
+    }
+}

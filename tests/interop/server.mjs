@@ -1,0 +1,370 @@
+// A real OAuth 2.0 authorization server (panva's oidc-provider) for bearerd's interop tests.
+//
+//   node server.mjs CONFIG.json        (or BEARERD_INTEROP_CONFIG=CONFIG.json node server.mjs)
+//
+// It listens on 127.0.0.1 with an ephemeral port and prints exactly one line to stdout once it
+// accepts connections:
+//
+//   {"issuer":"http://127.0.0.1:PORT","token_endpoint":"http://127.0.0.1:PORT/token", ...}
+//
+// Everything else (oidc-provider's notices included) goes to stderr. It exits on SIGTERM/SIGINT
+// and when its standard input reaches end-of-file, so a test process that dies (and with it the
+// write end of the pipe) never leaves a node process behind. Set BEARERD_INTEROP_IGNORE_STDIN=1
+// to run it by hand with stdin closed.
+//
+// CONFIG is either a JSON array of clients, or an object (every key but `clients` optional):
+//
+// {
+//   "clients": [
+//     { "client_id": "a", "client_secret": "s", "token_endpoint_auth_method": "client_secret_basic",
+//       "scope": "tasks:read",          // optional allow-list; a request for more is invalid_scope
+//       "ttl": 60,                      // optional: this client's token lifetime in seconds
+//       "jwks": { "keys": [ ... ] },    // private_key_jwt: the client's public keys
+//       "tls_client_auth_subject_dn": "CN=bearerd-client"   // tls_client_auth (needs "tls")
+//       /* any other RFC 7591 client metadata oidc-provider knows */ }
+//   ],
+//   "ttl": 300,                         // access token lifetime in seconds (default 300)
+//   "resource_scope": "tasks:read tasks:write",  // scopes every resource server accepts
+//   "resources": null,                  // null: any absolute URI is a resource; else a list of the
+//                                       // only accepted ones (others: invalid_target)
+//   "default_resource": "https://default.example.com",  // used when a request names no resource
+//                                       // (and no `audience`); null: such requests get an opaque
+//                                       // token carrying only the configured scopes
+//   "json_body": false,                 // true: also accept an application/json token request
+//                                       // (Auth0 / Camunda style); oidc-provider alone refuses it
+//   "tls": { "cert": "server.pem", "key": "server.key", "ca": "client-ca.pem" }
+//                                       // optional: serve https (issuer https://127.0.0.1:PORT)
+//                                       // and ask for a client certificate (tls_client_auth and
+//                                       // certificate-bound tokens); paths are PEM files
+// }
+//
+// An `audience` form parameter (Auth0 / Camunda style) is honoured like a `resource`: the token's
+// `aud` becomes its value. An explicit RFC 8707 `resource` wins over it.
+//
+// Test-only endpoints, next to oidc-provider's own:
+//   GET  /__test/stats   -> {"token_requests":N,"faults_served":N,"issued":{"client":N},"errors":{"client":N}}
+//   POST /__test/fail    <- {"count":1,"status":503,"body":{...}|"text","headers":{...},"delay_ms":0}
+//                           the next `count` token requests get that response instead
+
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+
+// oidc-provider prints its notices with console.info (stdout); stdout is reserved for the ready line.
+console.info = console.error;
+console.log = console.error;
+
+const { default: Provider, errors } = await import('oidc-provider');
+
+function fail(message) {
+  process.stderr.write(`bearerd-interop: ${message}\n`);
+  process.exit(2);
+}
+
+const configPath = process.argv[2] || process.env.BEARERD_INTEROP_CONFIG;
+if (!configPath) {
+  fail('usage: node server.mjs CONFIG.json (or set BEARERD_INTEROP_CONFIG)');
+}
+
+let config;
+try {
+  config = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+} catch (err) {
+  fail(`cannot read config ${configPath}: ${err.message}`);
+}
+if (Array.isArray(config)) {
+  config = { clients: config };
+}
+if (!config || typeof config !== 'object' || !Array.isArray(config.clients)) {
+  fail('config must be an array of clients or an object with a "clients" array');
+}
+
+const ttl = config.ttl ?? 300;
+if (!Number.isSafeInteger(ttl) || ttl <= 0) {
+  fail('"ttl" must be a positive integer (seconds)');
+}
+const resourceScope = config.resource_scope ?? 'tasks:read tasks:write';
+const allowedResources = Array.isArray(config.resources) ? new Set(config.resources) : null;
+const defaultResource = config.default_resource === undefined
+  ? 'https://default.example.com'
+  : config.default_resource;
+const AUDIENCE_URN = 'urn:bearerd-interop:audience:';
+
+// Per-client settings that are ours, not RFC 7591 metadata: stripped before oidc-provider sees them.
+const clientTtl = new Map();
+const clients = config.clients.map((c) => {
+  const { ttl: t, ...metadata } = c;
+  if (t !== undefined) {
+    if (!Number.isSafeInteger(t) || t <= 0) {
+      fail(`client ${c.client_id}: "ttl" must be a positive integer (seconds)`);
+    }
+    clientTtl.set(c.client_id, t);
+  }
+  return {
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    ...metadata,
+  };
+});
+
+// Every scope a client may be restricted to must be a "static" scope of the provider.
+const scopes = new Set(['openid', 'offline_access', ...resourceScope.split(' ').filter(Boolean)]);
+for (const c of clients) {
+  for (const s of (c.scope || '').split(' ').filter(Boolean)) scopes.add(s);
+}
+
+const tls = config.tls
+  ? {
+    cert: fs.readFileSync(config.tls.cert),
+    key: fs.readFileSync(config.tls.key),
+    ...(config.tls.ca ? { ca: fs.readFileSync(config.tls.ca) } : {}),
+    requestCert: true,
+    // The handshake succeeds with any (or no) certificate; oidc-provider decides per client.
+    rejectUnauthorized: false,
+  }
+  : null;
+
+// --- test-only bookkeeping -----------------------------------------------------------------------
+
+const stats = { token_requests: 0, faults_served: 0, issued: {}, errors: {} };
+const faults = [];
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function sendJson(res, status, value, headers = {}) {
+  const body = typeof value === 'string' ? value : JSON.stringify(value);
+  res.writeHead(status, {
+    'content-type': typeof value === 'string' ? 'text/plain' : 'application/json',
+    'cache-control': 'no-store',
+    ...headers,
+  });
+  res.end(body);
+}
+
+// --- listen first: the issuer must carry the real port -------------------------------------------
+
+let callback = null;
+const server = tls
+  ? https.createServer(tls, (req, res) => handle(req, res))
+  : http.createServer((req, res) => handle(req, res));
+
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(0, '127.0.0.1', resolve);
+});
+const { port } = server.address();
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+
+const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks: { keys: [{ ...signingKey, kid: 'interop-rs256', use: 'sig', alg: 'RS256' }] },
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  scopes: [...scopes],
+  clientAuthMethods: [
+    'client_secret_basic',
+    'client_secret_post',
+    'private_key_jwt',
+    ...(tls ? ['tls_client_auth'] : []),
+  ],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // Called when the request has no `resource`: an `audience` parameter stands in for it, else
+      // the configured default (so that plain requests still get a JWT).
+      async defaultResource(ctx, client, oneOf) {
+        if (oneOf) return oneOf;
+        const audience = ctx.oidc.body?.audience;
+        if (typeof audience === 'string' && audience) {
+          return URL.canParse(audience) && !audience.includes('#')
+            ? audience
+            : `${AUDIENCE_URN}${encodeURIComponent(audience)}`;
+        }
+        return defaultResource ?? undefined;
+      },
+      async getResourceServerInfo(ctx, resource, client) {
+        const audience = resource.startsWith(AUDIENCE_URN)
+          ? decodeURIComponent(resource.slice(AUDIENCE_URN.length))
+          : resource;
+        if (allowedResources && !allowedResources.has(audience)) {
+          throw new errors.InvalidTarget();
+        }
+        return {
+          scope: resourceScope,
+          audience,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: clientTtl.get(client?.clientId) ?? ttl,
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
+    mTLS: {
+      enabled: !!tls,
+      tlsClientAuth: !!tls,
+      certificateBoundAccessTokens: !!tls,
+      getCertificate(ctx) {
+        const peer = ctx.socket.getPeerCertificate?.();
+        return peer?.raw ? new crypto.X509Certificate(peer.raw) : undefined;
+      },
+      certificateAuthorized(ctx) {
+        return ctx.socket.authorized === true;
+      },
+      certificateSubjectMatches(ctx, property, expected) {
+        const peer = ctx.socket.getPeerCertificate?.();
+        if (!peer?.raw) return false;
+        const cert = new crypto.X509Certificate(peer.raw);
+        switch (property) {
+          case 'tls_client_auth_subject_dn':
+            return sameDn(cert.subject, expected);
+          case 'tls_client_auth_san_dns':
+            return sans(cert).includes(`DNS:${expected}`);
+          case 'tls_client_auth_san_uri':
+            return sans(cert).includes(`URI:${expected}`);
+          case 'tls_client_auth_san_ip':
+            return sans(cert).includes(`IP Address:${expected}`);
+          case 'tls_client_auth_san_email':
+            return sans(cert).includes(`email:${expected}`);
+          default:
+            return false;
+        }
+      },
+    },
+  },
+  ttl: {
+    // Without a resource server (default_resource: null) the lifetime comes from here.
+    ClientCredentials: (ctx, token, client) => token.resourceServer?.accessTokenTTL
+      ?? clientTtl.get(client?.clientId) ?? ttl,
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? ttl,
+  },
+});
+
+// Node prints a subject as "C=..\nO=..\nCN=.."; RFC 4514 strings list the same RDNs reversed and
+// comma-separated. Compare them as multisets of TYPE=value.
+function rdns(dn, separator) {
+  return dn.split(separator).map((s) => s.trim()).filter(Boolean).map((rdn) => {
+    const i = rdn.indexOf('=');
+    return `${rdn.slice(0, i).trim().toUpperCase()}=${rdn.slice(i + 1).trim().replace(/\\(.)/g, '$1')}`;
+  }).sort();
+}
+function sameDn(certSubject, expected) {
+  const a = rdns(certSubject, '\n');
+  const b = rdns(expected, /(?<!\\),/);
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+function sans(cert) {
+  return (cert.subjectAltName || '').split(',').map((s) => s.trim());
+}
+
+provider.on('grant.success', (ctx) => {
+  const id = ctx.oidc.client?.clientId ?? '?';
+  stats.issued[id] = (stats.issued[id] || 0) + 1;
+});
+provider.on('grant.error', (ctx, err) => {
+  const id = ctx.oidc.client?.clientId ?? ctx.oidc.params?.client_id ?? '?';
+  stats.errors[id] = (stats.errors[id] || 0) + 1;
+  const detail = [err.error_description, err.error_detail].filter(Boolean).join('; ');
+  process.stderr.write(`bearerd-interop: token error for ${id}: ${err.message}${detail ? ` (${detail})` : ''}\n`);
+});
+provider.on('server_error', (ctx, err) => {
+  process.stderr.write(`bearerd-interop: server_error: ${err.stack || err}\n`);
+});
+
+callback = provider.callback();
+const tokenPath = new URL(provider.urlFor('token')).pathname;
+
+async function handle(req, res) {
+  try {
+    const path = req.url.split('?')[0];
+
+    if (path === '/__test/stats' && req.method === 'GET') {
+      return sendJson(res, 200, stats);
+    }
+    if (path === '/__test/fail' && req.method === 'POST') {
+      const spec = JSON.parse((await readBody(req)) || '{}');
+      const count = spec.count ?? 1;
+      for (let i = 0; i < count; i += 1) faults.push(spec);
+      return sendJson(res, 200, { queued: faults.length });
+    }
+
+    if (path === tokenPath && req.method === 'POST') {
+      stats.token_requests += 1;
+
+      const fault = faults.shift();
+      if (fault) {
+        stats.faults_served += 1;
+        await readBody(req);
+        if (fault.delay_ms) await new Promise((r) => setTimeout(r, fault.delay_ms));
+        return sendJson(res, fault.status ?? 503, fault.body ?? { error: 'temporarily_unavailable' }, fault.headers);
+      }
+
+      if (config.json_body && /^application\/json\b/i.test(req.headers['content-type'] || '')) {
+        // Re-present a JSON body as the form body oidc-provider understands (it then reads
+        // req.body instead of the already consumed stream).
+        let json;
+        try {
+          json = JSON.parse(await readBody(req));
+        } catch {
+          return sendJson(res, 400, { error: 'invalid_request', error_description: 'malformed JSON body' });
+        }
+        const form = new URLSearchParams();
+        for (const [k, v] of Object.entries(json ?? {})) {
+          for (const item of Array.isArray(v) ? v : [v]) {
+            if (item !== null && item !== undefined) form.append(k, String(item));
+          }
+        }
+        req.headers['content-type'] = 'application/x-www-form-urlencoded';
+        req.body = form.toString();
+      }
+    }
+
+    return callback(req, res);
+  } catch (err) {
+    process.stderr.write(`bearerd-interop: ${err.stack || err}\n`);
+    if (!res.headersSent) sendJson(res, 500, { error: 'server_error' });
+    else res.destroy();
+  }
+}
+
+// --- lifecycle -----------------------------------------------------------------------------------
+
+let stopping = false;
+function stop(reason) {
+  if (stopping) return;
+  stopping = true;
+  process.stderr.write(`bearerd-interop: stopping (${reason})\n`);
+  server.close();
+  server.closeAllConnections?.();
+  // Don't wait for anything else (keep-alive sockets, timers): exit now.
+  setImmediate(() => process.exit(0));
+}
+process.on('SIGTERM', () => stop('SIGTERM'));
+process.on('SIGINT', () => stop('SIGINT'));
+if (process.env.BEARERD_INTEROP_IGNORE_STDIN !== '1') {
+  process.stdin.on('end', () => stop('stdin closed'));
+  process.stdin.on('close', () => stop('stdin closed'));
+  process.stdin.on('error', () => stop('stdin error'));
+  process.stdin.resume();
+}
+
+process.stdout.write(`${JSON.stringify({
+  issuer,
+  token_endpoint: provider.urlFor('token'),
+  jwks_uri: provider.urlFor('jwks'),
+  discovery: `${issuer}/.well-known/openid-configuration`,
+  stats: `${issuer}/__test/stats`,
+  fail: `${issuer}/__test/fail`,
+})}\n`);
