@@ -20,9 +20,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -945,12 +945,21 @@ impl Body for Reply {
 mod tests {
     use super::*;
 
+    /// A client without the system roots (loading them is slow, and these tests are plain HTTP).
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .build()
+            .expect("client")
+    }
+
     async fn post(
+        http: &reqwest::Client,
         url: &str,
         basic: Option<(&str, &str)>,
         form: &[(&str, &str)],
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut request = reqwest::Client::new().post(url).form(form);
+        let mut request = http.post(url).form(form);
         if let Some((id, secret)) = basic {
             request = request.basic_auth(id, Some(secret));
         }
@@ -966,12 +975,14 @@ mod tests {
 
     #[tokio::test]
     async fn issues_tokens_and_records_how_clients_authenticated() {
+        let http = http();
         let idp = Idp::start(IdpSettings::default()).await.expect("idp");
         idp.add_client("a", "s", Duration::from_secs(60));
         let url = idp.token_url();
         assert_eq!(url, format!("http://{}/oauth/token", idp.address()));
 
-        let (status, body, headers) = post(&url, Some(("a", "s")), &[GRANT, ("scope", "x y")]).await;
+        let (status, body, headers) =
+            post(&http, &url, Some(("a", "s")), &[GRANT, ("scope", "x y")]).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["token_type"], "Bearer");
         assert_eq!(body["expires_in"], 60);
@@ -979,10 +990,15 @@ mod tests {
         assert!(body["access_token"].as_str().is_some_and(|t| t.len() >= 40));
         assert_eq!(headers["cache-control"], "no-store");
 
-        let (status, _, _) =
-            post(&url, None, &[GRANT, ("client_id", "a"), ("client_secret", "s")]).await;
+        let (status, _, _) = post(
+            &http,
+            &url,
+            None,
+            &[GRANT, ("client_id", "a"), ("client_secret", "s")],
+        )
+        .await;
         assert_eq!(status, 200);
-        let response = reqwest::Client::new()
+        let response = http
             .post(&url)
             .header("content-type", "application/json")
             .body(
@@ -1009,52 +1025,81 @@ mod tests {
         assert_eq!(requests[0].path, "/oauth/token");
         assert!(requests[0].header("Authorization").is_some());
         let debug = format!("{:?}", requests[0]);
-        assert!(debug.contains("[redacted]") && !debug.contains("Basic"), "{debug}");
+        assert!(
+            debug.contains("[redacted]") && !debug.contains("Basic"),
+            "{debug}"
+        );
         assert_eq!(idp.request_count(), 3);
         assert_eq!(idp.token_request_count(), 3);
     }
 
     #[tokio::test]
     async fn refuses_wrong_or_unknown_credentials() {
+        let http = http();
         let idp = Idp::start(IdpSettings::default()).await.expect("idp");
         idp.add_client("a", "s", Duration::from_secs(60));
         let url = idp.token_url();
-        let (status, body, headers) = post(&url, Some(("a", "wrong")), &[GRANT]).await;
+        let (status, body, headers) = post(&http, &url, Some(("a", "wrong")), &[GRANT]).await;
         assert_eq!(status, 401);
         assert_eq!(body["error"], "invalid_client");
         assert!(headers.contains_key("www-authenticate"));
-        let (status, _, _) = post(&url, Some(("stranger", "s")), &[GRANT]).await;
+        let (status, _, _) = post(&http, &url, Some(("stranger", "s")), &[GRANT]).await;
         assert_eq!(status, 401);
-        let (status, _, _) = post(&url, None, &[GRANT]).await;
+        let (status, _, _) = post(&http, &url, None, &[GRANT]).await;
         assert_eq!(status, 401);
-        let (status, body, _) = post(&url, Some(("a", "s")), &[("grant_type", "password")]).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")));
         let (status, body, _) =
-            post(&url, Some(("a", "s")), &[GRANT, ("client_secret", "s")]).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+            post(&http, &url, Some(("a", "s")), &[("grant_type", "password")]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("unsupported_grant_type"))
+        );
+        let (status, body, _) = post(
+            &http,
+            &url,
+            Some(("a", "s")),
+            &[GRANT, ("client_secret", "s")],
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request"))
+        );
     }
 
     #[tokio::test]
     async fn basic_credentials_are_form_urldecoded() {
+        let http = http();
         let idp = Idp::start(IdpSettings::default()).await.expect("idp");
         idp.add_client("id:1", "a b+c%", Duration::from_secs(60));
-        let (status, _, _) =
-            post(&idp.token_url(), Some(("id%3A1", "a+b%2Bc%25")), &[GRANT]).await;
+        let (status, _, _) = post(
+            &http,
+            &idp.token_url(),
+            Some(("id%3A1", "a+b%2Bc%25")),
+            &[GRANT],
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(form_decode("a+b%2Bc%25%zz%4"), "a b+c%%zz%4");
     }
 
     #[tokio::test]
     async fn serves_a_discovery_document() {
+        let http = http();
         let idp = Idp::start(IdpSettings::default()).await.expect("idp");
-        let response = reqwest::get(format!("{}{DISCOVERY_PATH}", idp.issuer()))
+        let response = http
+            .get(format!("{}{DISCOVERY_PATH}", idp.issuer()))
+            .send()
             .await
             .expect("get");
         let document: Value =
             serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
         assert_eq!(document["issuer"], idp.issuer());
         assert_eq!(document["token_endpoint"], idp.token_url());
-        let missing = reqwest::get(format!("{}/nope", idp.issuer())).await.expect("get");
+        let missing = http
+            .get(format!("{}/nope", idp.issuer()))
+            .send()
+            .await
+            .expect("get");
         assert_eq!(missing.status(), 404);
         assert_eq!(idp.request_count(), 2);
         assert_eq!(idp.token_request_count(), 0);
@@ -1062,6 +1107,7 @@ mod tests {
 
     #[tokio::test]
     async fn faults_apply_the_given_number_of_times() {
+        let http = http();
         let idp = Idp::start(IdpSettings {
             accept_unknown_clients: true,
             ..IdpSettings::default()
@@ -1079,14 +1125,14 @@ mod tests {
         );
         let url = idp.token_url();
         for _ in 0..2 {
-            let (status, _, headers) = post(&url, Some(("any", "thing")), &[GRANT]).await;
+            let (status, _, headers) = post(&http, &url, Some(("any", "thing")), &[GRANT]).await;
             assert_eq!(status, 429);
             assert_eq!(headers["retry-after"], "2");
         }
-        let (status, _, _) = post(&url, Some(("any", "thing")), &[GRANT]).await;
+        let (status, _, _) = post(&http, &url, Some(("any", "thing")), &[GRANT]).await;
         assert_eq!(status, 200);
         idp.set_fault(Fault::Body("not json".into()));
-        let text = reqwest::Client::new()
+        let text = http
             .post(&url)
             .basic_auth("any", Some("thing"))
             .send()
@@ -1100,6 +1146,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_many_clients_at_once() {
+        let http = http();
         let idp = Idp::start(IdpSettings {
             accept_unknown_clients: true,
             jwt_tokens: true,
@@ -1107,7 +1154,6 @@ mod tests {
         })
         .await
         .expect("idp");
-        let http = reqwest::Client::new();
         let mut tasks = JoinSet::new();
         for index in 0..1000 {
             let (http, url) = (http.clone(), idp.token_url());
@@ -1137,12 +1183,12 @@ mod tests {
 
     #[tokio::test]
     async fn stops_when_dropped() {
+        let http = http();
         let idp = Idp::start(IdpSettings::default()).await.expect("idp");
         idp.set_fault(Fault::Hang);
         let address = idp.address();
         let hanging = tokio::spawn(
-            reqwest::Client::new()
-                .post(idp.token_url())
+            http.post(idp.token_url())
                 .timeout(Duration::from_secs(5))
                 .send(),
         );

@@ -42,11 +42,16 @@ impl Harness {
 
     /// `bearerd ARGS -c DIR/bearerd.toml`, with a clean, predictable environment.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with_config(&self.path("bearerd.toml"), args)
+    }
+
+    /// `bearerd ARGS -c CONFIG`.
+    pub fn command_with_config(&self, config: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(BEARERD);
         command
             .args(args)
             .arg("-c")
-            .arg(self.path("bearerd.toml"))
+            .arg(config)
             .env_remove("BEARERD_CONFIG")
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
@@ -120,4 +125,87 @@ impl std::ops::Deref for TestIdp {
 /// Whether `path` exists and holds exactly `bytes`.
 pub fn holds(path: &Path, bytes: &[u8]) -> bool {
     std::fs::read(path).is_ok_and(|content| content == bytes)
+}
+
+/// A running `bearerd run` whose stderr is collected line by line.
+pub struct Daemon {
+    pub child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start(harness: &Harness) -> Self {
+        Self::start_with(harness.command(&["run"]))
+    }
+
+    pub fn start_with(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bearerd run");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits until at least `n` log lines contain `needle`.
+    pub fn wait_for(&self, needle: &str, n: usize, deadline: Duration) {
+        assert!(
+            wait_until(deadline, || self.count(needle) >= n),
+            "no {n}× {needle:?} within {deadline:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, signal).expect("send signal");
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        self.signal(rustix::process::Signal::TERM);
+        let start = Instant::now();
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = self.child.try_wait().expect("wait");
+            status.is_some()
+        });
+        let elapsed = start.elapsed();
+        let status = status.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("bearerd did not exit after SIGTERM; log:\n{}", self.log())
+        });
+        (status, elapsed)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -3,5 +3,6 @@
 
 mod cli;
 mod configs;
+mod daemon;
 mod harness;
 mod oidc;
