@@ -879,7 +879,7 @@ fn reply(status: StatusCode, content_type: &str, body: Reply) -> Response<Reply>
 
 /// A response body: some chunks, then the end or (for [`Fault::ResetMidBody`]) a pause, so that
 /// what was sent reaches the client, and an error that makes hyper drop the connection.
-pub struct Reply {
+struct Reply {
     chunks: VecDeque<Bytes>,
     fail_at_end: bool,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,

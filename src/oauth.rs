@@ -226,9 +226,27 @@ pub fn http_client(timeout: Duration, tls: &TlsSettings) -> Result<reqwest::Clie
             .map_err(|error| format!("proxy {proxy_display}: {}", error_chain(&error)))?;
         builder = builder.proxy(proxy);
     }
-    builder
-        .build()
-        .map_err(|error| format!("cannot set up the HTTP client: {}", error_chain(&error)))
+    builder.build().map_err(|error| {
+        // The files parsed, but rustls may still refuse them (say, a key that does not match
+        // its certificate): name them.
+        let mut files = Vec::new();
+        if let Some(path) = &tls.ca_file {
+            files.push(format!("ca_file {}", path.display()));
+        }
+        if let Some(identity) = &tls.identity {
+            files.push(format!("tls_cert_file {}", identity.cert_file.display()));
+            files.push(format!("tls_key_file {}", identity.key_file.display()));
+        }
+        let context = if files.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", files.join(", "))
+        };
+        format!(
+            "cannot set up the HTTP client{context}: {}",
+            error_chain(&error)
+        )
+    })
 }
 
 /// What an OIDC discovery document says about the token endpoint.

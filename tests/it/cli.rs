@@ -58,7 +58,11 @@ format = "json"
 }
 
 fn mode(path: &std::path::Path) -> u32 {
-    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 #[test]
@@ -78,7 +82,10 @@ fn run_once_writes_every_output_of_every_client() {
     assert!(!token.is_empty() && !token.ends_with('\n'));
     let env = harness.read("out/tasklist.env");
     let mut lines = env.lines();
-    assert_eq!(lines.next(), Some(format!("TASKLIST_TOKEN={token}").as_str()));
+    assert_eq!(
+        lines.next(),
+        Some(format!("TASKLIST_TOKEN={token}").as_str())
+    );
     let expires_line = lines.next().expect("expiry line");
     let expires_at: u64 = expires_line
         .strip_prefix("TASKLIST_TOKEN_EXPIRES_AT=")
@@ -89,7 +96,10 @@ fn run_once_writes_every_output_of_every_client() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("now")
         .as_secs();
-    assert!(expires_at > now + 250 && expires_at <= now + 301, "{expires_at} vs {now}");
+    assert!(
+        expires_at > now + 250 && expires_at <= now + 301,
+        "{expires_at} vs {now}"
+    );
     assert!(env.ends_with('\n') && lines.next().is_none());
 
     let header = harness.read("out/reports.header");
@@ -106,9 +116,17 @@ fn run_once_writes_every_output_of_every_client() {
 
     assert_eq!(mode(&harness.path("out/tasklist.token")), 0o600);
     assert_eq!(mode(&harness.path("out/tasklist.env")), 0o640);
-    assert_eq!(mode(&harness.path("out")), 0o700, "missing parents are created 0700");
+    assert_eq!(
+        mode(&harness.path("out")),
+        0o700,
+        "missing parents are created 0700"
+    );
 
-    let methods: Vec<_> = idp.requests().iter().filter_map(|r| r.auth_method).collect();
+    let methods: Vec<_> = idp
+        .requests()
+        .iter()
+        .filter_map(|r| r.auth_method)
+        .collect();
     assert_eq!(methods.len(), 2);
     assert!(methods.contains(&"client_secret_json") && methods.contains(&"client_secret_basic"));
 }
@@ -117,13 +135,20 @@ fn run_once_writes_every_output_of_every_client() {
 fn run_once_again_reuses_still_valid_tokens_without_a_request() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write("bearerd.toml", &two_clients(&idp).replace("${TASKLIST_SECRET}", "tasklist-secret"));
+    harness.write(
+        "bearerd.toml",
+        &two_clients(&idp).replace("${TASKLIST_SECRET}", "tasklist-secret"),
+    );
     assert!(harness.run(&["run", "--once"]).status.success());
     let first = harness.read("out/tasklist.token");
     assert_eq!(idp.token_request_count(), 2);
     let again = harness.run(&["run", "--once"]);
     assert!(again.status.success(), "{}", text(&again.stderr));
-    assert_eq!(idp.token_request_count(), 2, "no new request for valid tokens");
+    assert_eq!(
+        idp.token_request_count(),
+        2,
+        "no new request for valid tokens"
+    );
     assert_eq!(harness.read("out/tasklist.token"), first);
 }
 
@@ -171,7 +196,10 @@ fn client_secret_basic_encodes_id_and_secret_before_base64() {
         form_encode(HARD_ID),
         form_encode(HARD_SECRET)
     ));
-    assert_eq!(request.header("authorization"), Some(format!("Basic {expected}").as_str()));
+    assert_eq!(
+        request.header("authorization"),
+        Some(format!("Basic {expected}").as_str())
+    );
     assert_eq!(
         request.header("content-type"),
         Some("application/x-www-form-urlencoded")
@@ -182,7 +210,10 @@ fn client_secret_basic_encodes_id_and_secret_before_base64() {
     assert_eq!(params["audience"], "api.example.com");
     assert_eq!(params["scope"], "tasks:read tasks:write");
     assert_eq!(params["resource"], "https://api.example.com/v1");
-    assert!(!params.contains_key("client_secret"), "basic keeps the secret out of the body");
+    assert!(
+        !params.contains_key("client_secret"),
+        "basic keeps the secret out of the body"
+    );
     assert_eq!(request.auth_method, Some("client_secret_basic"));
 }
 
@@ -243,13 +274,22 @@ fn client_secret_json_sends_one_json_object() {
 fn token_prints_the_bare_token_and_nothing_else() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write("bearerd.toml", &two_clients(&idp).replace("${TASKLIST_SECRET}", "x"));
+    harness.write(
+        "bearerd.toml",
+        &two_clients(&idp).replace("${TASKLIST_SECRET}", "x"),
+    );
     let output = harness.run(&["token", "reports"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let token = text(&output.stdout);
     assert!(bearerd::oauth::is_b64token(&token), "{token:?}");
-    assert!(!text(&output.stderr).contains(&token), "the token never reaches the log");
-    assert!(!harness.path("out/reports.header").exists(), "token writes no files");
+    assert!(
+        !text(&output.stderr).contains(&token),
+        "the token never reaches the log"
+    );
+    assert!(
+        !harness.path("out/reports.header").exists(),
+        "token writes no files"
+    );
 
     let unknown = harness.run(&["token", "nope"]);
     assert_eq!(unknown.status.code(), Some(1));
@@ -277,7 +317,10 @@ fn check_describes_each_client_without_secrets() {
         "env TASKLIST_TOKEN, 0640",
         "reports.json (json, 0600)",
     ] {
-        assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
     }
     assert!(!report.contains("tasklist-secret") && !report.contains("reports-secret"));
     assert_eq!(idp.request_count(), 0, "check does not touch the network");
@@ -347,7 +390,11 @@ fn bad_responses_fail_clearly_and_keep_the_previous_file() {
             },
             "502 Bad Gateway",
         ),
-        ("invalid JSON", Fault::Body("{\"access_token\": ".to_owned()), "JSON"),
+        (
+            "invalid JSON",
+            Fault::Body("{\"access_token\": ".to_owned()),
+            "JSON",
+        ),
         (
             "missing access_token",
             Fault::Body("{\"token_type\":\"Bearer\",\"expires_in\":300}".to_owned()),
@@ -371,8 +418,14 @@ fn bad_responses_fail_clearly_and_keep_the_previous_file() {
         let output = harness.run(&["run", "--once", "--deadline", "1s"]);
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
-        assert!(stderr.contains("api"), "{name}: the client is named: {stderr}");
-        assert!(stderr.contains(cause), "{name}: the cause {cause:?} is given: {stderr}");
+        assert!(
+            stderr.contains("api"),
+            "{name}: the client is named: {stderr}"
+        );
+        assert!(
+            stderr.contains(cause),
+            "{name}: the cause {cause:?} is given: {stderr}"
+        );
         assert_eq!(
             std::fs::read(&previous).expect("read"),
             b"previous-good-token",
@@ -397,8 +450,16 @@ fn permanent_errors_fail_at_once_and_transient_ones_are_ridden_out() {
     );
     let output = harness.run(&["run", "--once", "--deadline", "30s"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("invalid_client"), "{}", text(&output.stderr));
-    assert_eq!(idp.token_request_count(), 1, "a permanent error is not retried");
+    assert!(
+        text(&output.stderr).contains("invalid_client"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_eq!(
+        idp.token_request_count(),
+        1,
+        "a permanent error is not retried"
+    );
 
     let idp = crate::cli::idp();
     idp.set_fault_times(
@@ -429,5 +490,8 @@ fn run_once_names_every_failed_client() {
     let output = harness.run(&["run", "--once"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("2 client(s) failed: reports, tasklist"), "{stderr}");
+    assert!(
+        stderr.contains("2 client(s) failed: reports, tasklist"),
+        "{stderr}"
+    );
 }

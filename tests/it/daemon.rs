@@ -9,9 +9,8 @@ use rustix::process::Signal;
 use crate::harness::{Daemon, Harness, TestIdp, wait_until};
 
 fn config(idp: &TestIdp, clients: &[&str], extra_agent: &str) -> String {
-    let mut text = format!(
-        "[agent]\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n{extra_agent}\n"
-    );
+    let mut text =
+        format!("[agent]\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n{extra_agent}\n");
     for name in clients {
         text.push_str(&format!(
             r#"
@@ -107,13 +106,23 @@ fn a_failing_endpoint_keeps_the_old_file_backs_off_and_recovers() {
     let before = idp.token_request_count();
     // Fail for longer than a whole lifetime.
     daemon.wait_for("token request failed", 1, Duration::from_secs(5));
-    assert!(wait_until(Duration::from_secs(10), || failing_since.elapsed() > Duration::from_secs(4)));
-    assert_eq!(read(&harness, "api"), good, "a failure never replaces the good file");
+    assert!(wait_until(Duration::from_secs(10), || failing_since
+        .elapsed()
+        > Duration::from_secs(4)));
+    assert_eq!(
+        read(&harness, "api"),
+        good,
+        "a failure never replaces the good file"
+    );
     let attempts = idp.token_request_count() - before;
     // Backoff from 200 ms doubling to 1 s: about 6 attempts in 4 s, never a hammering.
     assert!((2..=12).contains(&attempts), "{attempts} attempts in 4 s");
-    assert_eq!(daemon.count("token request failed;") + daemon.count("token request failed "), 1,
-        "warned once per state change, not per attempt:\n{}", daemon.log());
+    assert_eq!(
+        daemon.count("token request failed;") + daemon.count("token request failed "),
+        1,
+        "warned once per state change, not per attempt:\n{}",
+        daemon.log()
+    );
 
     idp.set_fault(Fault::None);
     let healed = Instant::now();
@@ -144,7 +153,10 @@ fn retry_after_delays_the_next_request() {
     let times: Vec<_> = idp.requests().iter().map(|r| r.received_at).collect();
     assert_eq!(times.len(), 2);
     let gap = times[1].duration_since(times[0]).expect("ordered");
-    assert!(gap >= Duration::from_secs(2), "waited {gap:?} after Retry-After: 2");
+    assert!(
+        gap >= Duration::from_secs(2),
+        "waited {gap:?} after Retry-After: 2"
+    );
 }
 
 #[test]
@@ -197,18 +209,34 @@ fn reload_setup() -> (TestIdp, Harness, Daemon, String) {
 }
 
 fn with_beta_scope(text: &str) -> String {
-    text.replace("client_id = \"beta\"", "client_id = \"beta\"\nscope = \"x\"")
+    text.replace(
+        "client_id = \"beta\"",
+        "client_id = \"beta\"\nscope = \"x\"",
+    )
 }
 
 /// After a reload that changed only beta: exactly one reload, one new request for beta, none
 /// for alpha.
 fn assert_one_reload_of_beta(idp: &TestIdp, daemon: &Daemon) {
     daemon.wait_for("configuration reloaded", 1, Duration::from_secs(5));
-    assert!(wait_until(Duration::from_secs(5), || requests_for(idp, "beta") == 2));
+    assert!(wait_until(Duration::from_secs(5), || requests_for(
+        idp, "beta"
+    ) == 2));
     // Let any spurious second reload show itself.
-    assert!(!wait_until(Duration::from_millis(600), || daemon.count("configuration reloaded") > 1));
-    assert_eq!(daemon.count("configuration reloaded"), 1, "{}", daemon.log());
-    assert_eq!(requests_for(idp, "alpha"), 1, "unchanged clients get no request");
+    assert!(!wait_until(Duration::from_millis(600), || daemon
+        .count("configuration reloaded")
+        > 1));
+    assert_eq!(
+        daemon.count("configuration reloaded"),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        requests_for(idp, "alpha"),
+        1,
+        "unchanged clients get no request"
+    );
 }
 
 #[test]
@@ -264,8 +292,16 @@ fn an_invalid_edit_keeps_the_old_config_running() {
         text.replace("client_id = \"beta\"", "client_id = \"beta\"\nbogus = 1"),
     )
     .expect("edit");
-    daemon.wait_for("invalid configuration, keeping the running one", 1, Duration::from_secs(5));
-    assert!(daemon.log().contains("clients.beta.bogus: unknown key"), "located: {}", daemon.log());
+    daemon.wait_for(
+        "invalid configuration, keeping the running one",
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(
+        daemon.log().contains("clients.beta.bogus: unknown key"),
+        "located: {}",
+        daemon.log()
+    );
     // Still running: SIGUSR1 refreshes both clients under the old config.
     let alpha = read(&harness, "alpha");
     daemon.signal(Signal::USR1);
@@ -291,7 +327,11 @@ fn sighup_reloads_and_a_changed_secret_file_refetches_its_client() {
 
     daemon.signal(Signal::HUP);
     daemon.wait_for("configuration reloaded", 1, Duration::from_secs(5));
-    assert_eq!(idp.token_request_count(), 2, "an unchanged reload refetches nothing");
+    assert_eq!(
+        idp.token_request_count(),
+        2,
+        "an unchanged reload refetches nothing"
+    );
 
     idp.add_client("beta", "rotated-secret", Duration::from_secs(300));
     harness.write("beta.secret", "rotated-secret\n");
@@ -307,11 +347,16 @@ fn sigterm_during_a_slow_request_exits_at_once_and_keeps_the_file() {
     let previous = harness.write("tokens/api.token", "previous-good-token");
     idp.set_fault(Fault::Delay(Duration::from_secs(5)));
     let daemon = Daemon::start(&harness);
-    assert!(wait_until(Duration::from_secs(5), || idp.token_request_count() == 1));
+    assert!(wait_until(Duration::from_secs(5), || idp
+        .token_request_count()
+        == 1));
     let (status, took) = daemon.terminate();
     assert!(status.success(), "exit 0 on SIGTERM");
     assert!(took < Duration::from_secs(1), "stopped in {took:?}");
-    assert_eq!(std::fs::read(previous).expect("read"), b"previous-good-token");
+    assert_eq!(
+        std::fs::read(previous).expect("read"),
+        b"previous-good-token"
+    );
 }
 
 #[test]
@@ -343,7 +388,11 @@ fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
     let daemon = std::thread::spawn({
         let clock = clock.clone();
         let events_tx = events_tx.clone();
-        move || runtime.block_on(bearerd::run_with_events(config, clock, events_tx, events_rx))
+        move || {
+            runtime.block_on(bearerd::run_with_events(
+                config, clock, events_tx, events_rx,
+            ))
+        }
     });
     let first = wait_for_change(&harness, "api", "", Duration::from_secs(5));
     assert_eq!(idp.token_request_count(), 1);
@@ -355,6 +404,8 @@ fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
     wait_for_change(&harness, "api", &first, Duration::from_secs(3));
     assert_eq!(idp.token_request_count(), 2);
 
-    events_tx.send(bearerd::events::Event::Shutdown).expect("send");
+    events_tx
+        .send(bearerd::events::Event::Shutdown)
+        .expect("send");
     daemon.join().expect("join").expect("clean stop");
 }

@@ -62,14 +62,6 @@ impl Harness {
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run bearerd")
     }
-
-    pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bearerd")
-    }
 }
 
 /// What a finished command printed, for assertions and failure messages.
@@ -122,10 +114,6 @@ impl std::ops::Deref for TestIdp {
     }
 }
 
-/// Whether `path` exists and holds exactly `bytes`.
-pub fn holds(path: &Path, bytes: &[u8]) -> bool {
-    std::fs::read(path).is_ok_and(|content| content == bytes)
-}
 
 /// A running `bearerd run` whose stderr is collected line by line.
 pub struct Daemon {

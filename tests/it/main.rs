@@ -4,5 +4,6 @@
 mod cli;
 mod configs;
 mod daemon;
+mod examples;
 mod harness;
 mod oidc;
