@@ -1,6 +1,7 @@
 //! bearerd keeps OAuth 2.0 client-credentials access tokens fresh on disk.
 //!
 //! # Layout
+//! - [`cli`]: the clap definition (the binary, the man page and completions use it).
 //! - [`config`]: the TOML file → a validated [`config::Config`] (every error located).
 //! - [`secret`]: [`secret::Secret`], whose value only `expose()` reveals; fingerprints.
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
@@ -17,6 +18,7 @@
 //!
 //! The entry points below are what the binary calls; tests and examples call them too.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;

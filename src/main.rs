@@ -3,53 +3,11 @@
 //! No logic of its own lives here.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use bearerd::config::{self, Config, LogFormat};
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(
-    name = "bearerd",
-    version,
-    about = "Keeps OAuth 2.0 access tokens fresh on disk"
-)]
-struct Cli {
-    /// The configuration file.
-    #[arg(
-        short = 'c',
-        long = "config",
-        env = "BEARERD_CONFIG",
-        default_value = config::DEFAULT_PATH,
-        global = true
-    )]
-    config: PathBuf,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Keep every client's token fresh on disk (the daemon).
-    Run {
-        /// Fetch every token once, write the files and exit (for init containers).
-        #[arg(long)]
-        once: bool,
-        /// With --once: how long to ride out transient failures.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "once")]
-        deadline: Duration,
-    },
-    /// Validate the configuration and print what it would do; no network.
-    Check,
-    /// Fetch one token now and print it to stdout.
-    Token {
-        /// The client's name in the configuration.
-        name: String,
-    },
-}
+use bearerd::cli::{Cli, Command};
+use bearerd::config::{Config, LogFormat};
+use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -269,6 +269,16 @@ function sans(cert) {
   return (cert.subjectAltName || '').split(',').map((s) => s.trim());
 }
 
+// oidc-provider validates static clients lazily (on first use): validate them now, so that a bad
+// test config fails at startup with the reason instead of as a puzzling invalid_client later.
+for (const { client_id: id } of clients) {
+  try {
+    if (!(await provider.Client.find(String(id)))) throw new Error('not found');
+  } catch (err) {
+    fail(`client ${JSON.stringify(id)}: ${err.message}${err.error_description ? `: ${err.error_description}` : ''}`);
+  }
+}
+
 provider.on('grant.success', (ctx) => {
   const id = ctx.oidc.client?.clientId ?? '?';
   stats.issued[id] = (stats.issued[id] || 0) + 1;

@@ -114,7 +114,6 @@ impl std::ops::Deref for TestIdp {
     }
 }
 
-
 /// A running `bearerd run` whose stderr is collected line by line.
 pub struct Daemon {
     pub child: Child,
