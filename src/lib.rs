@@ -23,7 +23,9 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod hooks;
+pub mod http;
 pub mod idp;
+pub mod metrics;
 pub mod oauth;
 pub mod output;
 pub mod schedule;
@@ -271,8 +273,27 @@ pub async fn run_with_events(
     if let Err(error) = events::spawn_clock_watch(&mut tasks, events_tx.clone()) {
         tracing::warn!(%error, "cannot watch for clock changes; a resume may be noticed late");
     }
+    let listener = match config.agent.listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| format!("cannot listen on {address}: {error}"))?,
+        ),
+        None => None,
+    };
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let supervisor = supervisor::Supervisor::new(config, clock.clone(), notices_tx);
+    if let Some(listener) = listener {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "serving /healthz, /readyz and /metrics");
+        }
+        let observed = http::Observed {
+            status: supervisor.status(),
+            metrics: supervisor.metrics(),
+            clock: clock.clone(),
+        };
+        tasks.spawn(http::serve(listener, observed));
+    }
     let mut watched = supervisor.watched_files.subscribe();
     let initial: Vec<_> = watched.borrow_and_update().clone();
     match events::FileWatch::start(&mut tasks, &initial, events_tx) {

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::config::{ClientName, ClientSpec, Config};
 use crate::events::{Event, ReloadCause};
+use crate::metrics::Metrics;
 use crate::worker::{Command, Mode, Report, Shared, Worker};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
@@ -34,8 +35,6 @@ pub struct ClientStatus {
     pub last_error_at: Option<SystemTime>,
     pub refreshes_ok: u64,
     pub refreshes_failed: u64,
-    /// Durations of token requests since the last look (drained by the metrics).
-    pub latencies: Vec<Duration>,
 }
 
 impl Status {
@@ -150,6 +149,7 @@ pub struct Supervisor {
     reports_tx: mpsc::UnboundedSender<Report>,
     reports: mpsc::UnboundedReceiver<Report>,
     status: watch::Sender<Status>,
+    metrics: Arc<Metrics>,
     notices: mpsc::UnboundedSender<Notice>,
     /// Files to watch changed after a reload; read by the caller.
     pub watched_files: watch::Sender<Vec<PathBuf>>,
@@ -168,6 +168,7 @@ impl Supervisor {
             reports_tx,
             reports,
             status: watch::channel(Status::default()).0,
+            metrics: Arc::new(Metrics::default()),
             notices,
             watched_files,
             config,
@@ -178,13 +179,16 @@ impl Supervisor {
         self.status.subscribe()
     }
 
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
         crate::sweep_stale_temps(&self.config);
         let names: Vec<ClientName> = self.config.clients.iter().map(|c| c.name.clone()).collect();
         for name in names {
             self.start(&name, true);
         }
-        self.check_ready(false);
         let mut ready_sent = self.config.clients.is_empty();
         if ready_sent {
             let _ = self.notices.send(Notice::Ready);
@@ -249,6 +253,7 @@ impl Supervisor {
         if let Some(running) = self.workers.remove(name) {
             running.abort.abort();
         }
+        self.metrics.forget(name);
         self.status.send_modify(|status| {
             status.clients.remove(name);
         });
@@ -276,6 +281,9 @@ impl Supervisor {
             }
             Ok(new) => {
                 let plan = plan(&self.config, &new);
+                if self.config.agent.listen != new.agent.listen {
+                    warn!("a change of [agent] listen takes effect at the next restart");
+                }
                 if self.config.agent != new.agent {
                     self.shared = Shared::new(new.agent.clone(), self.clock.clone());
                 }
@@ -308,6 +316,25 @@ impl Supervisor {
         if !self.workers.contains_key(&client) {
             return; // a late report from a worker that was just stopped
         }
+        match &report {
+            Report::Fresh {
+                expires_at,
+                latency,
+                ..
+            } => {
+                self.metrics.token_written(&client, *expires_at);
+                if let Some(took) = latency {
+                    self.metrics.request_finished(&client, true, *took);
+                }
+            }
+            Report::Failed { at, latency, .. } => {
+                self.metrics.request_failed_at(&client, *at);
+                if let Some(took) = latency {
+                    self.metrics.request_finished(&client, false, *took);
+                }
+            }
+            Report::Expired { .. } => {}
+        }
         self.status.send_modify(|status| {
             let Some(entry) = status.clients.get_mut(&client) else {
                 return;
@@ -317,7 +344,6 @@ impl Supervisor {
                 Report::Fresh {
                     expires_at,
                     next_refresh,
-                    latency,
                     restored,
                     ..
                 } => {
@@ -327,20 +353,17 @@ impl Supervisor {
                     if !restored {
                         entry.refreshes_ok += 1;
                     }
-                    entry.latencies.extend(latency);
                 }
                 Report::Failed {
                     message,
                     at,
                     retry_at,
-                    latency,
                     ..
                 } => {
                     entry.last_error = Some(message);
                     entry.last_error_at = Some(at);
                     entry.next_refresh = Some(retry_at);
                     entry.refreshes_failed += 1;
-                    entry.latencies.extend(latency);
                 }
                 Report::Expired { .. } => {
                     warn!(client = %client, "token expired");
@@ -348,6 +371,4 @@ impl Supervisor {
             }
         });
     }
-
-    fn check_ready(&self, _reloading: bool) {}
 }

@@ -7,3 +7,4 @@ mod daemon;
 mod examples;
 mod harness;
 mod oidc;
+mod ops;

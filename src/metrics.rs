@@ -1,0 +1,186 @@
+//! Prometheus metrics: per-client token expiry, refreshes by result, last error time, request
+//! duration, and build info. Updated by the supervisor from worker reports; read by `http`.
+//! Never a secret or a token in a label or a value.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::clock::Clock;
+use crate::config::ClientName;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabel {
+    client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    client: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type DurationHistograms = Family<ClientLabel, Histogram, fn() -> Histogram>;
+
+/// The process's metrics and the registry that encodes them.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    expiry: Family<ClientLabel, Gauge>,
+    refreshes: Family<ResultLabel, Counter>,
+    last_error: Family<ClientLabel, Gauge>,
+    durations: DurationHistograms,
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms … ~10 s: loopback answers in milliseconds, a slow IdP in seconds.
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let expiry = Family::<ClientLabel, Gauge>::default();
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        let last_error = Family::<ClientLabel, Gauge>::default();
+        let durations: DurationHistograms = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "bearerd_token_expiry_timestamp_seconds",
+            "When the client's token on disk expires (Unix seconds)",
+            expiry.clone(),
+        );
+        registry.register(
+            "bearerd_refreshes",
+            "Token requests by result (success or failure)",
+            refreshes.clone(),
+        );
+        registry.register(
+            "bearerd_last_error_timestamp_seconds",
+            "When the client's last token request failed (Unix seconds)",
+            last_error.clone(),
+        );
+        registry.register(
+            "bearerd_request_duration_seconds",
+            "How long token requests took",
+            durations.clone(),
+        );
+        registry.register(
+            "bearerd_build",
+            "bearerd's version",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            expiry,
+            refreshes,
+            last_error,
+            durations,
+        }
+    }
+}
+
+fn label(client: &ClientName) -> ClientLabel {
+    ClientLabel {
+        client: client.to_string(),
+    }
+}
+
+fn unix(time: SystemTime) -> i64 {
+    i64::try_from(Clock::unix_seconds(time)).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    pub fn token_written(&self, client: &ClientName, expires_at: SystemTime) {
+        self.expiry
+            .get_or_create(&label(client))
+            .set(unix(expires_at));
+    }
+
+    pub fn request_finished(&self, client: &ClientName, success: bool, took: Duration) {
+        let result = if success { "success" } else { "failure" };
+        self.refreshes
+            .get_or_create(&ResultLabel {
+                client: client.to_string(),
+                result,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&label(client))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn request_failed_at(&self, client: &ClientName, at: SystemTime) {
+        self.last_error.get_or_create(&label(client)).set(unix(at));
+    }
+
+    /// Drops a removed client's series so that dashboards do not show a ghost.
+    pub fn forget(&self, client: &ClientName) {
+        let client_label = label(client);
+        self.expiry.remove(&client_label);
+        self.last_error.remove(&client_label);
+        self.durations.remove(&client_label);
+        for result in ["success", "failure"] {
+            self.refreshes.remove(&ResultLabel {
+                client: client.to_string(),
+                result,
+            });
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_per_client() {
+        let metrics = Metrics::default();
+        let client = ClientName::parse("tasklist").expect("name");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        metrics.token_written(&client, at);
+        metrics.request_finished(&client, true, Duration::from_millis(20));
+        metrics.request_finished(&client, false, Duration::from_millis(30));
+        metrics.request_failed_at(&client, at);
+        let text = metrics.encode();
+        for line in [
+            "bearerd_token_expiry_timestamp_seconds{client=\"tasklist\"} 1800000000",
+            "bearerd_refreshes_total{client=\"tasklist\",result=\"success\"} 1",
+            "bearerd_refreshes_total{client=\"tasklist\",result=\"failure\"} 1",
+            "bearerd_last_error_timestamp_seconds{client=\"tasklist\"} 1800000000",
+            "bearerd_request_duration_seconds_count{client=\"tasklist\"} 2",
+            &format!(
+                "bearerd_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        metrics.forget(&client);
+        assert!(!metrics.encode().contains("tasklist"));
+    }
+}

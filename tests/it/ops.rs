@@ -1,0 +1,252 @@
+//! Operating bearerd: the sd_notify protocol on a real datagram socket, the HTTP endpoint over
+//! real HTTP, and `on_refresh` commands and signals with real processes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use bearerd::idp::{Fault, IdpSettings};
+use rustix::process::Signal;
+
+use crate::harness::{Daemon, Harness, TestIdp, wait_until};
+
+fn config(idp: &TestIdp, agent: &str, client_extra: &str) -> String {
+    format!(
+        r#"
+[agent]
+backoff_min = "100ms"
+backoff_max = "500ms"
+{agent}
+
+[clients.api]
+token_url = "{url}"
+client_id = "api"
+client_secret = "api-secret"
+
+[[clients.api.output]]
+path = "api.token"
+{client_extra}
+"#,
+        url = idp.token_url()
+    )
+}
+
+fn idp(lifetime: Duration) -> TestIdp {
+    let idp = TestIdp::start(IdpSettings::default());
+    idp.add_client("api", "api-secret", lifetime);
+    idp
+}
+
+/// Receives sd_notify datagrams until `until` holds for the collected messages.
+fn collect(socket: &UnixDatagram, messages: &mut Vec<String>, until: impl Fn(&[String]) -> bool) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let ok = wait_until(Duration::from_secs(10), || {
+        let mut buffer = [0u8; 4096];
+        if let Ok(n) = socket.recv(&mut buffer) {
+            messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        until(messages)
+    });
+    assert!(ok, "sd_notify messages so far: {messages:#?}");
+}
+
+fn has(messages: &[String], prefix: &str) -> bool {
+    messages.iter().any(|message| message.starts_with(prefix))
+}
+
+#[test]
+fn sd_notify_ready_reload_status_watchdog_and_stopping() {
+    let idp = idp(Duration::from_secs(300));
+    let harness = Harness::new();
+    harness.write("bearerd.toml", &config(&idp, "", ""));
+    let socket_path = harness.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind");
+    let mut command = harness.command(&["run"]);
+    command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000");
+    let daemon = Daemon::start_with(command);
+    let mut messages = Vec::new();
+
+    collect(&socket, &mut messages, |m| has(m, "READY=1"));
+    assert!(
+        harness.path("api.token").exists(),
+        "READY=1 comes after every client was tried"
+    );
+    collect(&socket, &mut messages, |m| {
+        m.iter()
+            .any(|s| s.starts_with("STATUS=1 clients, 1 fresh, next refresh in"))
+    });
+    collect(&socket, &mut messages, |m| {
+        m.iter().filter(|s| *s == "WATCHDOG=1").count() >= 3
+    });
+
+    daemon.signal(Signal::HUP);
+    collect(&socket, &mut messages, |m| has(m, "RELOADING=1"));
+    let reloading = messages
+        .iter()
+        .find(|m| m.starts_with("RELOADING=1"))
+        .expect("reloading");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|line| line.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .expect("a number");
+    assert!(usec > 0);
+    let after_reload = messages.len();
+    collect(&socket, &mut messages, |m| {
+        m[after_reload..].iter().any(|s| s == "READY=1")
+    });
+
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    collect(&socket, &mut messages, |m| has(m, "STOPPING=1"));
+}
+
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn listening_address(daemon: &Daemon) -> String {
+    daemon.wait_for("serving /healthz", 1, Duration::from_secs(5));
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("serving /healthz"))
+        .expect("line");
+    line.split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("address field")
+        .to_owned()
+}
+
+#[test]
+fn healthz_readyz_and_metrics_over_http() {
+    let idp = idp(Duration::from_secs(300));
+    idp.set_fault(Fault::Status {
+        status: 503,
+        body: String::new(),
+        content_type: "text/plain".to_owned(),
+        retry_after: None,
+    });
+    let harness = Harness::new();
+    harness.write(
+        "bearerd.toml",
+        &config(&idp, "listen = \"127.0.0.1:0\"", ""),
+    );
+    let daemon = Daemon::start(&harness);
+    let address = listening_address(&daemon);
+
+    assert_eq!(http_get(&address, "/healthz"), (200, "ok\n".to_owned()));
+    let (status, body) = http_get(&address, "/readyz");
+    assert_eq!(status, 503);
+    assert_eq!(body, "no valid token on disk for: api\n");
+
+    idp.set_fault(Fault::None);
+    assert!(wait_until(Duration::from_secs(5), || http_get(
+        &address, "/readyz"
+    )
+    .0 == 200));
+
+    let (status, metrics) = http_get(&address, "/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "bearerd_token_expiry_timestamp_seconds{client=\"api\"} ",
+        "bearerd_refreshes_total{client=\"api\",result=\"success\"} 1",
+        "bearerd_refreshes_total{client=\"api\",result=\"failure\"} ",
+        "bearerd_last_error_timestamp_seconds{client=\"api\"} ",
+        "bearerd_request_duration_seconds_bucket{",
+        "bearerd_build_info{version=",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
+    }
+    let token = harness.read("api.token");
+    assert!(!metrics.contains(&token), "no token in metrics");
+    assert!(!metrics.contains("api-secret"), "no secret in metrics");
+    assert_eq!(http_get(&address, "/nope").0, 404);
+}
+
+#[test]
+fn on_refresh_commands_run_and_failing_or_slow_ones_never_block() {
+    let idp = idp(Duration::from_secs(2));
+    let harness = Harness::new();
+    let hook = harness.path("hook.log");
+    let client_extra = format!(
+        "[clients.api.on_refresh]\ncommand = [\"sh\", \"-c\", \"echo refreshed >> '{}'; exit 3\"]\ntimeout = \"5s\"\n",
+        hook.display()
+    );
+    harness.write("bearerd.toml", &config(&idp, "", &client_extra));
+    let daemon = Daemon::start(&harness);
+    assert!(wait_until(Duration::from_secs(8), || {
+        std::fs::read_to_string(&hook).is_ok_and(|text| text.lines().count() >= 2)
+    }));
+    daemon.wait_for("on_refresh command failed", 1, Duration::from_secs(5));
+    assert!(daemon.log().contains("exit status: 3"), "{}", daemon.log());
+    drop(daemon);
+
+    // A command that outlives its timeout is killed, and refreshing goes on meanwhile.
+    let harness = Harness::new();
+    let slow = "[clients.api.on_refresh]\ncommand = [\"sleep\", \"30\"]\ntimeout = \"500ms\"\n";
+    harness.write("bearerd.toml", &config(&idp, "", slow));
+    let daemon = Daemon::start(&harness);
+    daemon.wait_for("timed out and was killed", 1, Duration::from_secs(5));
+    daemon.wait_for("token refreshed", 3, Duration::from_secs(8));
+}
+
+#[test]
+fn on_refresh_signals_the_process_in_the_pid_file() {
+    let idp = idp(Duration::from_secs(300));
+    let harness = Harness::new();
+    let pid_file = harness.path("app.pid");
+    let got = harness.path("got-hup");
+    // A consumer that records SIGHUP, as nginx would reload.
+    let mut app = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup >> \"{}\"' HUP; echo $$ > \"{}\"; while :; do sleep 0.05; done",
+            got.display(),
+            pid_file.display()
+        ))
+        .spawn()
+        .expect("consumer");
+    assert!(wait_until(Duration::from_secs(5), || pid_file.exists()));
+    let client_extra = format!(
+        "[clients.api.on_refresh]\nsignal = \"SIGHUP\"\npid_file = \"{}\"\n",
+        pid_file.display()
+    );
+    harness.write("bearerd.toml", &config(&idp, "", &client_extra));
+    let daemon = Daemon::start(&harness);
+    assert!(
+        wait_until(Duration::from_secs(5), || got.exists()),
+        "the consumer got SIGHUP; log:\n{}",
+        daemon.log()
+    );
+    daemon.signal(Signal::USR1);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&got).is_ok_and(|text| text.lines().count() >= 2)
+    }));
+    let _ = app.kill();
+    let _ = app.wait();
+}
