@@ -297,7 +297,7 @@ impl Worker {
         restore: bool,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), String> {
-        let span = tracing::info_span!("client", name = %self.spec.name);
+        let span = tracing::info_span!("client", client = %self.spec.name);
         async move { self.life(mode, restore, &mut commands).await }
             .instrument(span)
             .await

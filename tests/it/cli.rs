@@ -495,3 +495,26 @@ fn run_once_names_every_failed_client() {
         "{stderr}"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_name_the_client() {
+    let idp = idp();
+    let harness = Harness::new();
+    let config = one_client(&idp).replace("[agent]", "[agent]\nlog_format = \"json\"");
+    harness.write("bearerd.toml", &config);
+    let output = harness.run(&["run", "--once"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    let mut refreshed = false;
+    for line in stderr.lines() {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if object["fields"]["message"] == "token refreshed" {
+            refreshed = true;
+            assert_eq!(object["span"]["client"], "api", "{line}");
+            assert_eq!(object["span"]["name"], "client", "{line}");
+            assert_eq!(object["fields"]["token"].as_str().map(str::len), Some(8));
+        }
+    }
+    assert!(refreshed, "{stderr}");
+}

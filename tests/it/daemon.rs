@@ -409,3 +409,37 @@ fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
         .expect("send");
     daemon.join().expect("join").expect("clean stop");
 }
+
+#[test]
+fn on_expiry_remove_deletes_the_files_of_an_expired_token() {
+    let idp = idp_with(&["api"], Duration::from_secs(2));
+    let harness = Harness::new();
+    let text = config(&idp, &["api"], "").replace(
+        "client_secret = \"api-secret\"",
+        "client_secret = \"api-secret\"\non_expiry = \"remove\"",
+    );
+    harness.write("bearerd.toml", &text);
+    let daemon = Daemon::start(&harness);
+    wait_for_change(&harness, "api", "", Duration::from_secs(5));
+    idp.set_fault(Fault::Status {
+        status: 503,
+        body: String::new(),
+        content_type: "text/plain".to_owned(),
+        retry_after: None,
+    });
+    let token = harness.path("tokens/api.token");
+    assert!(
+        wait_until(Duration::from_secs(6), || !token.exists()),
+        "the expired token's file is removed; log:\n{}",
+        daemon.log()
+    );
+    daemon.wait_for(
+        "removed the expired token's files",
+        1,
+        Duration::from_secs(2),
+    );
+
+    // Once the endpoint heals, the file comes back.
+    idp.set_fault(Fault::None);
+    wait_for_change(&harness, "api", "", Duration::from_secs(5));
+}
