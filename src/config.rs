@@ -149,6 +149,8 @@ pub enum Auth {
     PrivateKeyJwt {
         key_file: PathBuf,
         key_id: Option<String>,
+        /// The assertion's `aud`; `None`: the token endpoint URL.
+        assertion_audience: Option<String>,
     },
     /// RFC 8705: the client certificate in [`TlsSettings::identity`] is the credential.
     TlsClientAuth,
@@ -422,6 +424,7 @@ const CLIENT_KEYS: &[&str] = &[
     "auth_method",
     "private_key_file",
     "key_id",
+    "assertion_audience",
     "tls_cert_file",
     "tls_key_file",
     "ca_file",
@@ -744,6 +747,7 @@ impl Checker<'_> {
         let secret_file = self.string(table, prefix, "client_secret_file");
         let key_file = self.existing_file(table, prefix, "private_key_file");
         let key_id = self.non_empty_string(table, prefix, "key_id");
+        let assertion_audience = self.non_empty_string(table, prefix, "assertion_audience");
         let method_key = format!("{prefix}.auth_method");
         let method_span = method.as_ref().map_or(span.clone(), |(_, s)| s.clone());
 
@@ -793,12 +797,26 @@ impl Checker<'_> {
                 "only used with auth_method = \"private_key_jwt\"",
             );
         }
+        if wanted != Some("private_key_jwt")
+            && (wanted.is_some() || uses_secret)
+            && let Some(span) = key_span(table, "assertion_audience")
+        {
+            self.error(
+                &span,
+                &format!("{prefix}.assertion_audience"),
+                "only used with auth_method = \"private_key_jwt\"",
+            );
+        }
         if wanted == Some("tls_client_auth") {
             return Some(Auth::TlsClientAuth);
         }
         if !uses_secret {
             return match key_file {
-                Some(key_file) => Some(Auth::PrivateKeyJwt { key_file, key_id }),
+                Some(key_file) => Some(Auth::PrivateKeyJwt {
+                    key_file,
+                    key_id,
+                    assertion_audience,
+                }),
                 None => {
                     if !table.contains_key("private_key_file") {
                         self.error(

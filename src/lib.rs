@@ -183,7 +183,9 @@ pub fn check(config: &Config) -> String {
                 secret: SecretSource::File { path, .. },
                 ..
             } => format!("client_secret_file {}", path.display()),
-            Auth::PrivateKeyJwt { key_file, key_id } => format!(
+            Auth::PrivateKeyJwt {
+                key_file, key_id, ..
+            } => format!(
                 "private_key_file {}{}",
                 key_file.display(),
                 key_id

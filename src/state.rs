@@ -53,7 +53,9 @@ pub fn settings_fingerprint(client: &ClientSpec) -> String {
         Auth::Secret { method, .. } => {
             format!("secret:{}", method.map_or("discovered", |m| m.as_str()))
         }
-        Auth::PrivateKeyJwt { key_file, key_id } => {
+        Auth::PrivateKeyJwt {
+            key_file, key_id, ..
+        } => {
             format!("private_key_jwt:{}:{key_id:?}", key_file.display())
         }
         Auth::TlsClientAuth => "tls_client_auth".to_owned(),

@@ -153,7 +153,11 @@ fn credentials(
                 SecretMethod::Json => Credentials::Json(secret),
             })
         }
-        Auth::PrivateKeyJwt { key_file, key_id } => {
+        Auth::PrivateKeyJwt {
+            key_file,
+            key_id,
+            assertion_audience,
+        } => {
             let key_pem = std::fs::read_to_string(key_file).map_err(|error| {
                 FetchError::transient(format!(
                     "cannot read private_key_file {}: {error}",
@@ -163,7 +167,9 @@ fn credentials(
             Ok(Credentials::PrivateKeyJwt {
                 key_pem: crate::secret::Secret::new(key_pem),
                 key_id: key_id.clone(),
-                assertion_audience: token_url.to_string(),
+                assertion_audience: assertion_audience
+                    .clone()
+                    .unwrap_or_else(|| token_url.to_string()),
             })
         }
         Auth::TlsClientAuth => Ok(Credentials::TlsClientAuth),

@@ -32,23 +32,26 @@
 //                                       // token carrying only the configured scopes
 //   "json_body": false,                 // true: also accept an application/json token request
 //                                       // (Auth0 / Camunda style); oidc-provider alone refuses it
-//   "tls": { "cert": "server.pem", "key": "server.key", "ca": "client-ca.pem" }
+//   "tls": { "cert": "server.pem", "key": "server.key", "ca": "client-ca.pem" },
 //                                       // optional: serve https (issuer https://127.0.0.1:PORT)
 //                                       // and ask for a client certificate (tls_client_auth and
 //                                       // certificate-bound tokens); paths are PEM files
+//   "http2": false                      // with "tls": offer HTTP/2 by ALPN (HTTP/1.1 still works)
 // }
 //
 // An `audience` form parameter (Auth0 / Camunda style) is honoured like a `resource`: the token's
 // `aud` becomes its value. An explicit RFC 8707 `resource` wins over it.
 //
 // Test-only endpoints, next to oidc-provider's own:
-//   GET  /__test/stats   -> {"token_requests":N,"faults_served":N,"issued":{"client":N},"errors":{"client":N}}
+//   GET  /__test/stats   -> {"token_requests":N,"faults_served":N,"issued":{"client":N},"errors":{"client":N},
+//                            "http_versions":{"1.1":N,"2.0":N}}   (of the token requests)
 //   POST /__test/fail    <- {"count":1,"status":503,"body":{...}|"text","headers":{...},"delay_ms":0}
 //                           the next `count` token requests get that response instead
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as http2 from 'node:http2';
 import * as https from 'node:https';
 
 // oidc-provider prints its notices with console.info (stdout); stdout is reserved for the ready line.
@@ -128,7 +131,7 @@ const tls = config.tls
 
 // --- test-only bookkeeping -----------------------------------------------------------------------
 
-const stats = { token_requests: 0, faults_served: 0, issued: {}, errors: {} };
+const stats = { token_requests: 0, faults_served: 0, issued: {}, errors: {}, http_versions: {} };
 const faults = [];
 
 function readBody(req) {
@@ -153,9 +156,17 @@ function sendJson(res, status, value, headers = {}) {
 // --- listen first: the issuer must carry the real port -------------------------------------------
 
 let callback = null;
-const server = tls
-  ? https.createServer(tls, (req, res) => handle(req, res))
-  : http.createServer((req, res) => handle(req, res));
+if (config.http2 && !tls) {
+  fail('"http2" needs "tls" (browsers and bearerd speak HTTP/2 only over TLS)');
+}
+let server;
+if (tls && config.http2) {
+  server = http2.createSecureServer({ ...tls, allowHTTP1: true }, (req, res) => handle(req, res));
+} else if (tls) {
+  server = https.createServer(tls, (req, res) => handle(req, res));
+} else {
+  server = http.createServer((req, res) => handle(req, res));
+}
 
 await new Promise((resolve, reject) => {
   server.once('error', reject);
@@ -312,6 +323,7 @@ async function handle(req, res) {
 
     if (path === tokenPath && req.method === 'POST') {
       stats.token_requests += 1;
+      stats.http_versions[req.httpVersion] = (stats.http_versions[req.httpVersion] || 0) + 1;
 
       const fault = faults.shift();
       if (fault) {

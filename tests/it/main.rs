@@ -6,5 +6,6 @@ mod configs;
 mod daemon;
 mod examples;
 mod harness;
+mod interop;
 mod oidc;
 mod ops;

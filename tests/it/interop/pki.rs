@@ -1,0 +1,189 @@
+//! Keys and certificates made at test time with the `openssl` command: signing keys for
+//! `private_key_jwt` (with their public JWKs) and a private CA with a server and a client
+//! certificate for `https` and `tls_client_auth`. Nothing here is committed or reused between runs;
+//! a missing `openssl` fails the test with how to install it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+/// The subject of [`Pki::client_cert`], as RFC 4514 writes it.
+pub const CLIENT_SUBJECT: &str = "CN=bearerd-client";
+
+/// Runs `openssl ARGS` in `dir`; panics with its stderr when it fails or is missing.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("cannot run `openssl` ({error}): install it (Debian: apt-get install openssl)")
+        });
+    assert!(
+        output.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A P-256 key in PKCS#8 PEM (`BEGIN PRIVATE KEY`) at `dir/name`.
+pub fn ec_key(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ],
+    );
+    dir.join(name)
+}
+
+/// A 2048-bit RSA key in PKCS#8 PEM (`BEGIN PRIVATE KEY`) at `dir/name`.
+pub fn rsa_key(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            name,
+        ],
+    );
+    dir.join(name)
+}
+
+/// The same EC key rewritten in SEC1 form (`BEGIN EC PRIVATE KEY`, OpenSSL's "traditional").
+pub fn to_sec1(dir: &Path, pkcs8: &Path, name: &str) -> PathBuf {
+    let input = pkcs8.to_str().expect("UTF-8 path");
+    openssl(dir, &["ec", "-in", input, "-out", name]);
+    dir.join(name)
+}
+
+/// The public half of a PEM private key as a JWK with `kid` and `alg` (RS256 or ES256), the way a
+/// client registers it in its `jwks`.
+pub fn public_jwk(key_file: &Path, kid: &str) -> Value {
+    let pem = std::fs::read(key_file).expect("read the key");
+    let der = PrivateKeyDer::from_pem_slice(&pem).expect("a PEM private key");
+    let der = match &der {
+        PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der(),
+        _ => panic!("expected a PKCS#8 key in {}", key_file.display()),
+    };
+    if let Ok(rsa) = RsaKeyPair::from_pkcs8(der) {
+        let components: signature::RsaPublicKeyComponents<Vec<u8>> = rsa.public().into();
+        return json!({
+            "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(&components.n),
+            "e": URL_SAFE_NO_PAD.encode(&components.e),
+        });
+    }
+    let ec = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        der,
+        &ring::rand::SystemRandom::new(),
+    )
+    .expect("an RSA or P-256 key");
+    // An uncompressed point: 0x04 ‖ x ‖ y.
+    let point = ec.public_key().as_ref();
+    assert_eq!(point.len(), 65, "uncompressed P-256 point");
+    json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+    })
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and localhost, and a client certificate with
+/// subject [`CLIENT_SUBJECT`], all P-256 and valid for a day.
+pub struct Pki {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Pki {
+        let ca_key = ec_key(dir, "ca.key");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=bearerd test CA",
+                "-days",
+                "1",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        let leaf = |name: &str, subject: &str, extensions: &[&str]| {
+            ec_key(dir, &format!("{name}.key"));
+            let key = format!("{name}.key");
+            let cert = format!("{name}.pem");
+            let mut args = vec![
+                "req", "-x509", "-new", "-key", &key, "-CA", "ca.pem", "-CAkey", "ca.key", "-subj",
+                subject, "-days", "1", "-out", &cert,
+            ];
+            for extension in extensions {
+                args.extend(["-addext", extension]);
+            }
+            openssl(dir, &args);
+        };
+        leaf(
+            "server",
+            "/CN=127.0.0.1",
+            &[
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "basicConstraints=critical,CA:FALSE",
+                "extendedKeyUsage=serverAuth",
+            ],
+        );
+        leaf(
+            "client",
+            &format!("/{CLIENT_SUBJECT}"),
+            &[
+                "basicConstraints=critical,CA:FALSE",
+                "extendedKeyUsage=clientAuth",
+            ],
+        );
+        assert!(ca_key.is_file());
+        Pki {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+
+    /// RFC 8705 §3.1: base64url(SHA-256(DER of the client certificate)), the `cnf` claim's
+    /// `x5t#S256` of a token bound to it.
+    pub fn client_thumbprint(&self) -> String {
+        let der = CertificateDer::from_pem_file(&self.client_cert).expect("client certificate");
+        URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der.as_ref()))
+    }
+}
