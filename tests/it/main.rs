@@ -7,5 +7,6 @@ mod daemon;
 mod examples;
 mod harness;
 mod interop;
+mod manifests;
 mod oidc;
 mod ops;

@@ -1,0 +1,437 @@
+//! The files under `packaging/` are wired together: Kubernetes volumes, mounts, probe ports and
+//! arguments agree with each other and with the embedded bearerd config, the alert rules name
+//! real metrics, and the Debian default config and systemd unit agree. It reads files only; it
+//! never talks to a cluster, a Prometheus or systemd.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use bearerd::cli::{Cli, Command};
+use bearerd::config::{Auth, Config, SecretSource};
+use clap::Parser;
+use serde_norway::Value;
+
+/// The metrics `/metrics` serves (see docs/operating.md).
+const METRICS: &[&str] = &[
+    "bearerd_token_expiry_timestamp_seconds",
+    "bearerd_refreshes_total",
+    "bearerd_last_error_timestamp_seconds",
+    "bearerd_request_duration_seconds",
+    "bearerd_build_info",
+];
+
+fn packaging(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging")
+        .join(path)
+}
+
+fn read(path: &str) -> String {
+    let path = packaging(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+fn yaml(path: &str) -> Value {
+    serde_norway::from_str(&read(path)).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// `value` at a `.`-separated path of mapping keys.
+fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(value, |value, key| {
+        value
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key:?} (in {path:?}) in {value:?}"))
+    })
+}
+
+fn string<'a>(value: &'a Value, path: &str) -> &'a str {
+    at(value, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} is not a string"))
+}
+
+fn list<'a>(value: &'a Value, path: &str) -> &'a [Value] {
+    value
+        .get(path)
+        .map_or(&[][..], |v| v.as_sequence().map_or(&[][..], Vec::as_slice))
+}
+
+/// What a ConfigMap and a Secret hold, by key.
+struct Sources {
+    config_map: String,
+    config_data: BTreeMap<String, String>,
+    secret: String,
+    secret_data: BTreeMap<String, String>,
+}
+
+fn sources() -> Sources {
+    let data = |document: &Value, key: &str| -> BTreeMap<String, String> {
+        at(document, key)
+            .as_mapping()
+            .expect("a mapping")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().expect("key").to_owned(),
+                    v.as_str().expect("value").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let config_map = yaml("kubernetes/configmap.yaml");
+    let secret = yaml("kubernetes/secret.yaml");
+    assert_eq!(string(&config_map, "kind"), "ConfigMap");
+    assert_eq!(string(&secret, "kind"), "Secret");
+    Sources {
+        config_map: string(&config_map, "metadata.name").to_owned(),
+        config_data: data(&config_map, "data"),
+        secret: string(&secret, "metadata.name").to_owned(),
+        secret_data: data(&secret, "stringData"),
+    }
+}
+
+/// The mount path of `volume` in `container`, checking it is a whole-directory mount.
+fn mount_path<'a>(container: &'a Value, volume: &str) -> Option<&'a str> {
+    list(container, "volumeMounts")
+        .iter()
+        .find(|mount| string(mount, "name") == volume)
+        .map(|mount| {
+            assert!(
+                mount.get("subPath").is_none() && mount.get("subPathExpr").is_none(),
+                "{volume}: a subPath mount never sees bearerd's renamed files"
+            );
+            string(mount, "mountPath")
+        })
+}
+
+fn is_true(value: Option<&Value>) -> bool {
+    value.and_then(Value::as_bool) == Some(true)
+}
+
+/// Read-only root, no privilege escalation, no capabilities, non-root, small requests.
+fn assert_locked_down(pod: &Value, container: &Value) {
+    let name = string(container, "name");
+    let context = at(container, "securityContext");
+    assert!(
+        is_true(context.get("readOnlyRootFilesystem")),
+        "{name}: readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        context
+            .get("allowPrivilegeEscalation")
+            .and_then(Value::as_bool),
+        Some(false),
+        "{name}: allowPrivilegeEscalation"
+    );
+    assert!(
+        is_true(context.get("runAsNonRoot"))
+            || is_true(
+                pod.get("securityContext")
+                    .and_then(|c| c.get("runAsNonRoot"))
+            ),
+        "{name}: runAsNonRoot"
+    );
+    let dropped: Vec<&str> = list(at(context, "capabilities"), "drop")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(dropped.contains(&"ALL"), "{name}: capabilities.drop ALL");
+    for resource in ["cpu", "memory"] {
+        at(container, &format!("resources.requests.{resource}"));
+    }
+    at(container, "resources.limits.memory");
+}
+
+/// One pod template's wiring; returns bearerd's parsed arguments and the config it loads.
+fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) {
+    let document = yaml(file);
+    assert_eq!(string(&document, "kind"), kind, "{file}");
+    let pod = at(&document, "spec.template.spec").clone();
+    assert_eq!(
+        pod.get("automountServiceAccountToken")
+            .and_then(Value::as_bool),
+        Some(false),
+        "{file}: bearerd needs no Kubernetes API token"
+    );
+
+    let volumes: BTreeMap<&str, &Value> = list(&pod, "volumes")
+        .iter()
+        .map(|volume| (string(volume, "name"), volume))
+        .collect();
+    let containers: Vec<&Value> = list(&pod, "initContainers")
+        .iter()
+        .chain(list(&pod, "containers"))
+        .collect();
+    for container in &containers {
+        for mount in list(container, "volumeMounts") {
+            let volume = string(mount, "name");
+            assert!(
+                volumes.contains_key(volume),
+                "{file}: {} mounts {volume:?}, which is not a volume",
+                string(container, "name")
+            );
+        }
+        assert_locked_down(&pod, container);
+    }
+
+    let config_volume = volumes
+        .values()
+        .find(|volume| volume.get("configMap").is_some())
+        .expect("a ConfigMap volume");
+    assert_eq!(
+        string(config_volume, "configMap.name"),
+        sources.config_map,
+        "{file}"
+    );
+    let secret_volume = volumes
+        .values()
+        .find(|volume| volume.get("secret").is_some())
+        .expect("a Secret volume");
+    assert_eq!(
+        string(secret_volume, "secret.secretName"),
+        sources.secret,
+        "{file}"
+    );
+    for (volume, source) in [(config_volume, "configMap"), (secret_volume, "secret")] {
+        let mode = at(volume, &format!("{source}.defaultMode"))
+            .as_u64()
+            .expect("defaultMode is a number");
+        assert_eq!(mode & 0o004, 0, "{file}: {source} files readable by others");
+    }
+    let (tokens, _) = volumes
+        .iter()
+        .find(|(_, volume)| volume.get("emptyDir").is_some())
+        .expect("an emptyDir for the tokens");
+    assert_eq!(
+        string(volumes[tokens], "emptyDir.medium"),
+        "Memory",
+        "{file}: tokens stay off disk"
+    );
+
+    let bearerd = list(&pod, "initContainers")
+        .iter()
+        .find(|container| string(container, "name") == "bearerd")
+        .expect("bearerd is an init container");
+    let mut argv = vec!["bearerd".to_owned()];
+    argv.extend(
+        list(bearerd, "args")
+            .iter()
+            .map(|arg| arg.as_str().expect("string argument").to_owned()),
+    );
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|error| panic!("{file}: {error}"));
+
+    // The config file is a key of the ConfigMap, mounted as a directory.
+    let config_dir = mount_path(bearerd, string(config_volume, "name")).expect("config mounted");
+    let key = cli
+        .config
+        .strip_prefix(config_dir)
+        .unwrap_or_else(|_| {
+            panic!(
+                "{file}: -c {} is outside {config_dir}",
+                cli.config.display()
+            )
+        })
+        .to_str()
+        .expect("UTF-8")
+        .to_owned();
+    let text = sources
+        .config_data
+        .get(&key)
+        .unwrap_or_else(|| panic!("{file}: the ConfigMap has no key {key:?}"));
+
+    // Mirror the Secret's mount in a temporary directory, so that `client_secret_file` resolves.
+    let secret_dir = mount_path(bearerd, string(secret_volume, "name")).expect("secret mounted");
+    let mirror = tempfile::tempdir().expect("tempdir");
+    let mirrored = mirror.path().join(secret_dir.trim_start_matches('/'));
+    std::fs::create_dir_all(&mirrored).expect("mkdir");
+    for (name, value) in &sources.secret_data {
+        std::fs::write(mirrored.join(name), value).expect("write secret");
+    }
+    let text = text.replace(secret_dir, &mirrored.to_string_lossy());
+    let config = Config::parse(&cli.config, &text, &|_| None)
+        .unwrap_or_else(|error| panic!("{file}: the ConfigMap's {key}: {error}"));
+    assert!(!config.clients.is_empty(), "{file}: no client");
+
+    // Every output lands in the shared emptyDir, which every other container mounts read-only.
+    let token_dir = mount_path(bearerd, tokens).expect("bearerd mounts the tokens");
+    for client in &config.clients {
+        for output in &client.outputs {
+            assert!(
+                output.path.starts_with(token_dir),
+                "{file}: {} writes {} outside the {tokens} volume ({token_dir})",
+                client.name,
+                output.path.display()
+            );
+        }
+        if let Auth::Secret {
+            secret: SecretSource::File { path, .. },
+            ..
+        } = &client.auth
+        {
+            assert!(path.starts_with(&mirrored), "{file}: {}", path.display());
+        }
+    }
+    let readers: Vec<&Value> = list(&pod, "containers").iter().collect();
+    assert!(!readers.is_empty());
+    for reader in readers {
+        let name = string(reader, "name");
+        let mount = list(reader, "volumeMounts")
+            .iter()
+            .find(|mount| string(mount, "name") == *tokens)
+            .unwrap_or_else(|| panic!("{file}: {name} does not mount the tokens"));
+        assert!(mount_path(reader, tokens).is_some());
+        assert!(
+            is_true(mount.get("readOnly")),
+            "{file}: {name} mounts tokens writable"
+        );
+    }
+    (cli, config, bearerd.clone())
+}
+
+#[test]
+fn the_sidecar_deployment_is_wired_to_its_config() {
+    let sources = sources();
+    let (cli, config, bearerd) =
+        check_pod("kubernetes/deployment-sidecar.yaml", "Deployment", &sources);
+    assert!(matches!(cli.command, Command::Run { once: false, .. }));
+    assert_eq!(
+        string(&bearerd, "restartPolicy"),
+        "Always",
+        "a native sidecar"
+    );
+
+    let listen = config.agent.listen.expect("listen is set for the probes");
+    assert!(
+        listen.ip().is_unspecified(),
+        "the kubelet probes the pod IP, so {listen} must be 0.0.0.0 or ::"
+    );
+    let ports: BTreeMap<&str, u64> = list(&bearerd, "ports")
+        .iter()
+        .map(|port| {
+            (
+                port.get("name").and_then(Value::as_str).unwrap_or(""),
+                at(port, "containerPort").as_u64().expect("port number"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports.values().copied().collect::<Vec<_>>(),
+        [u64::from(listen.port())]
+    );
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        let get = at(&bearerd, &format!("{probe}.httpGet"));
+        assert_eq!(string(get, "path"), path, "{probe}");
+        let port = match at(get, "port") {
+            Value::Number(number) => number.as_u64().expect("port"),
+            Value::String(name) => *ports
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{probe}: no port named {name}")),
+            other => panic!("{probe}: port {other:?}"),
+        };
+        assert_eq!(port, u64::from(listen.port()), "{probe} port vs listen");
+    }
+}
+
+#[test]
+fn the_init_container_job_fetches_once_into_the_shared_volume() {
+    let sources = sources();
+    let (cli, _, bearerd) = check_pod("kubernetes/job-init.yaml", "Job", &sources);
+    assert!(matches!(cli.command, Command::Run { once: true, .. }));
+    assert!(
+        bearerd.get("restartPolicy").is_none(),
+        "a plain init container, which must exit"
+    );
+}
+
+#[test]
+fn the_alert_rules_use_real_metrics() {
+    let rules = yaml("prometheus/bearerd-alerts.yaml");
+    let mut alerts = BTreeSet::new();
+    for group in list(&rules, "groups") {
+        for rule in list(group, "rules") {
+            let alert = string(rule, "alert");
+            let expr = string(rule, "expr");
+            assert!(
+                METRICS.iter().any(|metric| expr.contains(metric)),
+                "{alert}: {expr} names none of {METRICS:?}"
+            );
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("bearerd_") {
+                    assert!(METRICS.contains(&word), "{alert}: unknown metric {word}");
+                }
+            }
+            assert!(alerts.insert(alert.to_owned()), "{alert} twice");
+        }
+    }
+    let soon = list(&list(&rules, "groups")[0], "rules")
+        .iter()
+        .find(|rule| string(rule, "alert") == "BearerdTokenExpiresSoon")
+        .expect("the 5-minute alert");
+    assert_eq!(
+        string(soon, "expr"),
+        "bearerd_token_expiry_timestamp_seconds - time() < 300"
+    );
+}
+
+/// The config the Debian package installs is valid as shipped, and so is its commented
+/// example once uncommented, with the credential the unit's commented LoadCredential= names.
+#[test]
+fn the_packaged_config_and_unit_agree() {
+    let shipped = read("bearerd.toml");
+    let installed = Path::new(bearerd::config::DEFAULT_PATH);
+    let config = Config::parse(installed, &shipped, &|_| None).expect("valid as shipped");
+    assert!(config.clients.is_empty());
+
+    let unit = read("systemd/bearerd.service");
+    let exec_start = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .expect("ExecStart=");
+    let argv: Vec<&str> = exec_start.split_whitespace().collect();
+    assert_eq!(argv.first(), Some(&"/usr/bin/bearerd"));
+    let cli = Cli::try_parse_from(&argv).expect("ExecStart arguments");
+    assert!(matches!(cli.command, Command::Run { once: false, .. }));
+    assert_eq!(
+        cli.config, installed,
+        "the unit uses the default config path"
+    );
+    let credential = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("#LoadCredential="))
+        .and_then(|value| value.split_once(':'))
+        .map(|(name, _)| name)
+        .expect("a commented LoadCredential= example");
+    let runtime_dir = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("RuntimeDirectory="))
+        .expect("RuntimeDirectory=");
+
+    // Uncomment every line that is TOML (not prose) and load it with a credentials directory.
+    let example: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let credentials = tempfile::tempdir().expect("tempdir");
+    std::fs::write(credentials.path().join(credential), "s3cret\n").expect("write");
+    let directory = credentials.path().to_string_lossy().into_owned();
+    let config = Config::parse(installed, &example, &|name| {
+        (name == "CREDENTIALS_DIRECTORY").then(|| directory.clone())
+    })
+    .unwrap_or_else(|error| panic!("the uncommented example: {error}\n{example}"));
+    assert_eq!(config.clients.len(), 1);
+    for output in &config.clients[0].outputs {
+        assert!(
+            output.path.starts_with(Path::new("/run").join(runtime_dir)),
+            "{} is outside the unit's RuntimeDirectory",
+            output.path.display()
+        );
+    }
+}
