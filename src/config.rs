@@ -347,8 +347,8 @@ impl Config {
         }
     }
 
-    /// Every file whose change should trigger a reload: the config and the files it names.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
+    /// The files that hold credentials: the config itself, secret files and private keys.
+    pub fn credential_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         for client in &self.clients {
             match &client.auth {
@@ -357,11 +357,21 @@ impl Config {
                     ..
                 } => files.push(path.clone()),
                 Auth::PrivateKeyJwt { key_file, .. } => files.push(key_file.clone()),
-                _ => {}
+                Auth::Secret { .. } | Auth::TlsClientAuth => {}
             }
             if let Some(identity) = &client.tls.identity {
-                files.push(identity.cert_file.clone());
                 files.push(identity.key_file.clone());
+            }
+        }
+        files
+    }
+
+    /// Every file whose change should trigger a reload: the config and the files it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = self.credential_files();
+        for client in &self.clients {
+            if let Some(identity) = &client.tls.identity {
+                files.push(identity.cert_file.clone());
             }
             if let Some(ca_file) = &client.tls.ca_file {
                 files.push(ca_file.clone());

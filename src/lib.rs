@@ -228,21 +228,10 @@ pub fn check(config: &Config) -> String {
     out
 }
 
-/// Warns when the config file or a secret file can be read by other users.
+/// Warns when the config file, a secret file or a private key can be read by other users.
 pub fn warn_about_permissions(config: &Config) {
     use std::os::unix::fs::PermissionsExt;
-    let mut files = vec![config.path.clone()];
-    for client in &config.clients {
-        match &client.auth {
-            Auth::Secret {
-                secret: SecretSource::File { path, .. },
-                ..
-            } => files.push(path.clone()),
-            Auth::PrivateKeyJwt { key_file, .. } => files.push(key_file.clone()),
-            _ => {}
-        }
-    }
-    for file in files {
+    for file in config.credential_files() {
         if let Ok(metadata) = std::fs::metadata(&file)
             && metadata.permissions().mode() & 0o004 != 0
         {
