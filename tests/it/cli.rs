@@ -518,3 +518,34 @@ fn json_logs_are_one_object_per_line_and_name_the_client() {
     }
     assert!(refreshed, "{stderr}");
 }
+
+#[test]
+fn a_config_or_secret_file_readable_by_everyone_is_warned_about() {
+    let idp = idp();
+    let harness = Harness::new();
+    let secret = harness.write("api.secret", "tasklist-secret\n");
+    let config = harness.write(
+        "bearerd.toml",
+        &one_client(&idp).replace(
+            "client_secret = \"tasklist-secret\"",
+            "client_secret_file = \"api.secret\"",
+        ),
+    );
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    set_mode(&config, 0o600);
+    set_mode(&secret, 0o644);
+    let output = harness.run(&["check"]);
+    assert!(output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("readable by every user") && stderr.contains("api.secret"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("bearerd.toml"), "{stderr}");
+
+    set_mode(&secret, 0o600);
+    let output = harness.run(&["check"]);
+    assert!(!text(&output.stderr).contains("readable by every user"));
+}
