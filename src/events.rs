@@ -80,6 +80,14 @@ impl FileWatch {
         let watcher =
             notify::recommended_watcher(
                 move |result: notify::Result<notify::Event>| match result {
+                    // Opening a file changes nothing, and the digest below opens every watched
+                    // file: counting opens made each comparison trigger the next, 10 times a
+                    // second for as long as the daemon ran.
+                    Ok(event)
+                        if matches!(
+                            event.kind,
+                            notify::EventKind::Access(notify::event::AccessKind::Open(_))
+                        ) => {}
                     Ok(_) => {
                         let _ = raw_tx.send(());
                     }
@@ -130,8 +138,9 @@ impl FileWatch {
         Ok(watch)
     }
 
-    /// Replaces the set of watched files (after a reload); their current contents become the
-    /// baseline.
+    /// Replaces the set of watched files (after a reload). A file already watched keeps its
+    /// baseline (the content last compared), so an edit that lands between a reload and this
+    /// call is still seen as a change; a newly watched file's current content is its baseline.
     pub fn set_files(&mut self, files: &[PathBuf]) {
         let dirs: BTreeSet<PathBuf> = files
             .iter()
@@ -149,11 +158,15 @@ impl FileWatch {
             }
         }
         self.watched_dirs = dirs;
+        let mut known = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let baseline = files
             .iter()
-            .map(|file| (file.clone(), digest_of(file)))
+            .map(|file| {
+                let digest = known.get(file).copied().unwrap_or_else(|| digest_of(file));
+                (file.clone(), digest)
+            })
             .collect();
-        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = baseline;
+        *known = baseline;
     }
 }
 

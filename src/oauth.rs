@@ -438,9 +438,14 @@ pub async fn request_token(
             .await
             .map_err(|error| request_failed(&format!("token endpoint {shown}"), error))?;
         let prefix = format!("token endpoint {shown} answered ");
-        let answer = read_answer(response)
+        let mut answer = read_answer(response)
             .await
             .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))?;
+        // An error body is quoted (and perhaps cut short, which would defeat redacting the
+        // message afterwards): redact it first. A 2xx body is left alone: it holds the token.
+        if !(200..300).contains(&answer.status) {
+            answer.body = redact_bytes(&answer.body, &echoable_forms(request));
+        }
         parse_response(
             answer.status,
             answer.retry_after.as_deref(),
@@ -452,26 +457,69 @@ pub async fn request_token(
         .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))
     }
     .await;
-    result.map_err(|error| redact_secret(error, &request.credentials))
+    let forms = echoable_forms(request);
+    result.map_err(|error| {
+        error.map_message(|message| {
+            forms
+                .iter()
+                .fold(message, |message, form| message.replace(form, "[redacted]"))
+        })
+    })
 }
 
-/// A server may echo what it was sent; never let the secret through in a message.
-fn redact_secret(error: FetchError, credentials: &Credentials) -> FetchError {
-    let secret = match credentials {
+/// The forms in which a server may echo the client secret it was sent: as is, form-encoded,
+/// JSON-escaped, and inside the Basic credentials; longest first. None for a secret under 4
+/// bytes (redacting it would garble messages and hide nothing).
+fn echoable_forms(request: &TokenRequest<'_>) -> Vec<String> {
+    let secret = match &request.credentials {
         Credentials::Basic(secret) | Credentials::Post(secret) | Credentials::Json(secret) => {
             secret.expose()
         }
-        _ => return error,
+        _ => return Vec::new(),
     };
     if secret.len() < 4 {
-        return error;
+        return Vec::new();
     }
     let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    error.map_message(|message| {
-        message
-            .replace(secret, "[redacted]")
-            .replace(&encoded, "[redacted]")
-    })
+    let id: String = form_urlencoded::byte_serialize(request.client_id.as_bytes()).collect();
+    let json = Value::from(secret).to_string();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(&json)
+        .to_owned();
+    let mut forms = vec![
+        STANDARD.encode(format!("{id}:{encoded}")),
+        secret.to_owned(),
+        encoded,
+        json,
+    ];
+    forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+    forms.dedup();
+    forms
+}
+
+/// `bytes` with every occurrence of each of `forms` replaced by `[redacted]`.
+fn redact_bytes(bytes: &[u8], forms: &[String]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for form in forms.iter().map(String::as_bytes) {
+        if form.is_empty() || !out.windows(form.len()).any(|window| window == form) {
+            continue;
+        }
+        let mut replaced = Vec::with_capacity(out.len());
+        let mut rest = out.as_slice();
+        while !rest.is_empty() {
+            if rest.starts_with(form) {
+                replaced.extend_from_slice(b"[redacted]");
+                rest = &rest[form.len()..];
+            } else {
+                replaced.push(rest[0]);
+                rest = &rest[1..];
+            }
+        }
+        out = replaced;
+    }
+    out
 }
 
 /// The HTTP request for `request`, without sending it.

@@ -3,10 +3,15 @@
 
 mod cli;
 mod configs;
+mod crash;
 mod daemon;
 mod examples;
+mod faults;
 mod harness;
+mod hygiene;
 mod interop;
+mod load;
 mod manifests;
 mod oidc;
 mod ops;
+mod properties;
