@@ -9,6 +9,11 @@ use bearerd::cli::{Cli, Command};
 use bearerd::config::{Config, LogFormat};
 use clap::Parser;
 
+/// Threads for file writes (each a few fsyncs) and DNS lookups. With tokio's default, 512,
+/// 1,000 clients starting at once spawned hundreds of threads (+2.3 MiB resident) for writes
+/// that all wait on the same disk anyway (see BENCHMARKS.md).
+const BLOCKING_THREADS: usize = 8;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
@@ -23,6 +28,7 @@ fn main() -> ExitCode {
     bearerd::warn_about_permissions(&config);
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {

@@ -224,6 +224,19 @@ pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool
     .map_err(|error| format!("writer task failed: {error}"))?
 }
 
+/// [`state::save`] on a blocking thread: its two fsyncs must not stall every other client on
+/// the runtime's one thread (nor can cancelling the caller interrupt the write).
+async fn save_state(
+    path: &std::path::Path,
+    spec: &Arc<ClientSpec>,
+    token: &Token,
+) -> Result<(), String> {
+    let (path, spec, token) = (path.to_path_buf(), Arc::clone(spec), token.clone());
+    tokio::task::spawn_blocking(move || state::save(&path, &spec, &token))
+        .await
+        .map_err(|error| format!("state writer task failed: {error}"))?
+}
+
 fn remove_outputs(spec: &ClientSpec) {
     for output in &spec.outputs {
         if let Err(error) = output::remove_output(&output.path) {
@@ -397,7 +410,8 @@ impl Worker {
             let failure = match result {
                 Ok(token) => match write_outputs(&self.spec, &token).await {
                     Ok(changed) => {
-                        if let Err(message) = state::save(&self.state_path, &self.spec, &token) {
+                        if let Err(message) = save_state(&self.state_path, &self.spec, &token).await
+                        {
                             warn!(%message, "cannot save state; a restart will fetch again");
                         }
                         let next = self.next_refresh(&token);

@@ -1,0 +1,856 @@
+//! The benchmark behind BENCHMARKS.md and the README's "Performance" section.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example bench            # full: a few minutes
+//! cargo build --release && cargo run --release --example bench -- --short # seconds (CI)
+//! ```
+//!
+//! It starts the in-process token endpoint ([`bearerd::idp`]) on 127.0.0.1 and runs the real
+//! `bearerd` binary as a child process (found beside this example's directory:
+//! `target/<profile>/examples/../bearerd`, or `--bin PATH`), so every figure is what an operator
+//! would see: process start, config parsing, TLS setup, logging, fsyncs. Each scenario prints one
+//! closing line, `bench NAME: figures…`:
+//!
+//! - `once_1*`: `run --once` wall time and CPU for one client, side by side with a `curl | jq`
+//!   shell script and a Python `requests` script doing the same fetch and atomic write (temp
+//!   file, fsync, rename, directory fsync), runs interleaved; with ratios.
+//! - `once_1000_cN`: `run --once` for 1,000 clients with `max_concurrent_requests = N`.
+//! - `rss_N`: the daemon's VmHWM/VmRSS once all N clients' tokens are on disk.
+//! - `cpu_per_refresh`: daemon utime+stime over many refreshes of short-lived tokens, per refresh.
+//! - `idle_10`: context switches per minute, summed over every thread, with 10 clients holding
+//!   1-hour tokens.
+//! - `reload`: from an atomic config write (one client's scope changed) to that client's new
+//!   token on disk; the file is polled every millisecond.
+//! - `binary`: the size of the binary measured.
+//!
+//! Options: `--short` (CI: fewer runs and clients, same code paths), `--bin PATH` (measure
+//! another build, e.g. a profile variant), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, once_many, rss, cpu,
+//! idle, reload, binary).
+//! The full mode wants `curl`, `jq`, and `python3` with `requests`; a comparison whose tool is
+//! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
+//! README states them next to the figures.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bearerd::idp::{Idp, IdpSettings};
+
+/// How much work each scenario does.
+struct Sizes {
+    once_1_runs: usize,
+    once_many_runs: usize,
+    once_many_clients: usize,
+    concurrency: &'static [usize],
+    rss_clients: &'static [usize],
+    refresh_clients: usize,
+    refresh_window: Duration,
+    idle_window: Duration,
+    reloads: usize,
+}
+
+const FULL: Sizes = Sizes {
+    once_1_runs: 50,
+    once_many_runs: 5,
+    once_many_clients: 1000,
+    concurrency: &[4, 16, 64, 256],
+    rss_clients: &[1, 10, 1000, 10_000],
+    refresh_clients: 200,
+    refresh_window: Duration::from_secs(20),
+    idle_window: Duration::from_secs(20),
+    reloads: 10,
+};
+
+const SHORT: Sizes = Sizes {
+    once_1_runs: 5,
+    once_many_runs: 1,
+    once_many_clients: 1000,
+    concurrency: &[4, 64],
+    rss_clients: &[1, 10, 1000],
+    refresh_clients: 20,
+    refresh_window: Duration::from_secs(3),
+    idle_window: Duration::from_secs(3),
+    reloads: 3,
+};
+
+/// Lifetime of the tokens that must not be refreshed during a measurement.
+const LONG_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Lifetime of the tokens in `cpu_per_refresh` (refreshed every ~1.6 s at `refresh_at = 0.8`).
+const SHORT_LIFETIME: Duration = Duration::from_secs(2);
+
+const CURL_SCRIPT: &str = r#"#!/bin/sh
+# What a user writes instead of bearerd: fetch, then write atomically and durably.
+set -eu
+url=$1 id=$2 secret=$3 out=$4
+umask 077
+response=$(curl -sS --fail -X POST --data grant_type=client_credentials \
+    --data-urlencode "client_id=$id" --data-urlencode "client_secret=$secret" "$url")
+token=$(printf '%s' "$response" | jq -er .access_token)
+dir=$(dirname "$out")
+tmp=$(mktemp "$dir/.token.XXXXXX")
+printf '%s' "$token" >"$tmp"
+sync "$tmp"
+mv -f "$tmp" "$out"
+sync "$dir"
+"#;
+
+const PYTHON_SCRIPT: &str = r#"# What a user writes instead of bearerd: fetch, then write atomically and durably.
+import os, sys, tempfile
+import requests
+
+url, client_id, secret, out = sys.argv[1:5]
+response = requests.post(url, timeout=10, data={
+    "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
+response.raise_for_status()
+token = response.json()["access_token"]
+directory = os.path.dirname(out) or "."
+fd, tmp = tempfile.mkstemp(dir=directory, prefix=".token.")
+with os.fdopen(fd, "w") as f:
+    f.write(token)
+    f.flush()
+    os.fsync(f.fileno())
+os.replace(tmp, out)
+dir_fd = os.open(directory, os.O_RDONLY)
+os.fsync(dir_fd)
+os.close(dir_fd)
+"#;
+
+struct Options {
+    short: bool,
+    /// Skip the curl and Python comparisons (when comparing builds of bearerd).
+    no_compare: bool,
+    bin: PathBuf,
+    only: Vec<String>,
+}
+
+impl Options {
+    /// Whether to run a family of scenarios: once_1, once_many, rss, cpu, idle, reload, binary.
+    fn wants(&self, family: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|name| name == family)
+    }
+}
+
+fn main() {
+    let options = parse_args();
+    let sizes = if options.short { &SHORT } else { &FULL };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-idp")
+        .enable_all()
+        .build()
+        .expect("cannot start the token endpoint's runtime");
+    let scratch = tempfile::Builder::new()
+        .prefix("bearerd-bench-")
+        .tempdir()
+        .expect("cannot create a scratch directory");
+    let bench = Bench {
+        bin: options.bin.clone(),
+        root: scratch.path().to_path_buf(),
+        runtime,
+        clk_tck: clock_ticks_per_second(),
+    };
+    let profile = profile_of(&std::env::current_exe().unwrap_or_default());
+    eprintln!(
+        "bench: {} ({profile}, {} bytes), {} mode, scratch {}, load average {}",
+        options.bin.display(),
+        file_size(&options.bin),
+        if options.short { "short" } else { "full" },
+        bench.root.display(),
+        load_average()
+    );
+    if profile != "release" {
+        eprintln!(
+            "bench: not a release build: the figures below say nothing about bearerd's speed"
+        );
+    }
+
+    if options.wants("once_1") {
+        bench.once_1(sizes.once_1_runs, !options.no_compare);
+    }
+    if options.wants("once_many") {
+        for &concurrency in sizes.concurrency {
+            bench.once_many(sizes.once_many_clients, concurrency, sizes.once_many_runs);
+        }
+    }
+    if options.wants("rss") {
+        for &clients in sizes.rss_clients {
+            bench.rss(clients);
+        }
+        if options.short {
+            println!("bench rss_10000: skipped in --short mode (takes several seconds)");
+        }
+    }
+    if options.wants("cpu") {
+        bench.cpu_per_refresh(sizes.refresh_clients, sizes.refresh_window);
+    }
+    if options.wants("idle") {
+        bench.idle(10, sizes.idle_window);
+    }
+    if options.wants("reload") {
+        bench.reload(sizes.reloads);
+    }
+    if options.wants("binary") {
+        let bytes = file_size(&options.bin);
+        println!(
+            "bench binary: bytes={bytes} mib={:.2} profile={profile} path={}",
+            mib(bytes),
+            options.bin.display()
+        );
+    }
+    eprintln!("bench: done, load average {}", load_average());
+}
+
+fn parse_args() -> Options {
+    let mut short = false;
+    let mut no_compare = false;
+    let mut bin = None;
+    let mut only = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--short" => short = true,
+            "--no-compare" => no_compare = true,
+            "--bin" => bin = Some(PathBuf::from(args.next().expect("--bin needs a path"))),
+            "--only" => {
+                let list = args.next().expect("--only needs scenario names, a,b");
+                only.extend(list.split(',').map(str::to_owned));
+            }
+            "-h" | "--help" => {
+                eprintln!(
+                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,once_many,rss,cpu,idle,reload,binary]"
+                );
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("bench: unknown argument {other:?}; try --help");
+                std::process::exit(2);
+            }
+        }
+    }
+    let bin = bin.unwrap_or_else(default_binary);
+    if !bin.is_file() {
+        eprintln!(
+            "bench: no bearerd binary at {}: build it first with `cargo build --release` \
+             (or `cargo build` for a debug run), or pass --bin PATH",
+            bin.display()
+        );
+        std::process::exit(2);
+    }
+    Options {
+        short,
+        no_compare,
+        bin,
+        only,
+    }
+}
+
+/// `target/<profile>/examples/bench` → `target/<profile>/bearerd`.
+fn default_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot locate the bench executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("bearerd"))
+        .unwrap_or_else(|| PathBuf::from("bearerd"))
+}
+
+/// `release` for `target/release/examples/bench` (the bench and the binary it found share it).
+fn profile_of(exe: &Path) -> String {
+    exe.parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+struct Bench {
+    bin: PathBuf,
+    root: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    clk_tck: f64,
+}
+
+/// A client of one scenario's config.
+struct Client {
+    name: String,
+    scope: Option<String>,
+}
+
+impl Bench {
+    fn idp(&self, lifetime: Duration) -> Idp {
+        let settings = IdpSettings {
+            accept_unknown_clients: true,
+            default_lifetime: lifetime,
+            ..IdpSettings::default()
+        };
+        self.runtime
+            .block_on(Idp::start(settings))
+            .expect("cannot start the token endpoint")
+    }
+
+    /// A fresh directory for one scenario, with `bearerd.toml` (mode 0600) and `out/`.
+    fn scenario_dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("out")).expect("cannot create a scenario directory");
+        dir
+    }
+
+    fn write_config(dir: &Path, idp: &Idp, agent: &str, clients: &[Client]) -> PathBuf {
+        let mut text = format!("[agent]\n{agent}\n");
+        for client in clients {
+            let name = &client.name;
+            let _ = write!(
+                text,
+                "\n[clients.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{name}\"\n\
+                 client_secret = \"secret-{name}\"\nauth_method = \"client_secret_post\"\n",
+                url = idp.token_url()
+            );
+            if let Some(scope) = &client.scope {
+                let _ = writeln!(text, "scope = \"{scope}\"");
+            }
+            let _ = write!(
+                text,
+                "[[clients.{name}.output]]\npath = \"out/{name}.token\"\n"
+            );
+        }
+        let path = dir.join("bearerd.toml");
+        write_atomic(&path, text.as_bytes());
+        path
+    }
+
+    fn clients(count: usize) -> Vec<Client> {
+        (0..count)
+            .map(|index| Client {
+                name: format!("c{index:05}"),
+                scope: None,
+            })
+            .collect()
+    }
+
+    fn bearerd(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .args(args)
+            .arg("-c")
+            .arg(dir.join("bearerd.toml"))
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(dir));
+        command
+    }
+
+    /// (a) `run --once` for one client, interleaved with the curl and Python scripts.
+    fn once_1(&self, runs: usize, compare: bool) {
+        let dir = self.scenario_dir("once_1");
+        let idp = self.idp(LONG_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(1));
+        let curl_script = dir.join("fetch-token.sh");
+        std::fs::write(&curl_script, CURL_SCRIPT).expect("cannot write the curl script");
+        let python_script = dir.join("fetch-token.py");
+        std::fs::write(&python_script, PYTHON_SCRIPT).expect("cannot write the Python script");
+        let curl_missing = missing_tools(&[("curl", &["--version"]), ("jq", &["--version"])]);
+        let python_missing = missing_tools(&[("python3", &["-c", "import requests"])]);
+        let url = idp.token_url();
+        let out = dir.join("out");
+        let token_path = out.join("c00000.token");
+        let script_args = |script: &Path| -> Vec<String> {
+            vec![
+                script.display().to_string(),
+                url.clone(),
+                "c00000".to_owned(),
+                "secret-c00000".to_owned(),
+                token_path.display().to_string(),
+            ]
+        };
+        let mut tools: Vec<(&str, Option<String>, Command)> = vec![
+            ("bearerd", None, self.bearerd(&dir, &["run", "--once"])),
+            ("curl_jq", curl_missing, {
+                let mut command = Command::new("sh");
+                command.args(script_args(&curl_script));
+                command
+            }),
+            ("python_requests", python_missing, {
+                let mut command = Command::new("python3");
+                command.args(script_args(&python_script));
+                command
+            }),
+        ];
+        if !compare {
+            tools.truncate(1);
+        }
+        for (_, _, command) in &mut tools {
+            command.stdin(Stdio::null()).stdout(Stdio::null());
+        }
+        let mut walls: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+        let mut cpus: Vec<f64> = vec![0.0; tools.len()];
+        // One warm-up round (page cache, Python's bytecode cache), then interleaved runs so
+        // that a change of machine load hits every tool alike.
+        for round in 0..=runs {
+            for (index, (name, missing, command)) in tools.iter_mut().enumerate() {
+                if missing.is_some() {
+                    continue;
+                }
+                reset_dir(&out);
+                let cpu_before = self.children_cpu_ms();
+                let started = Instant::now();
+                let status = command.status().expect("cannot start a fetcher");
+                let wall = started.elapsed();
+                let cpu = self.children_cpu_ms() - cpu_before;
+                check_exit(name, status, &dir);
+                assert!(token_path.is_file(), "{name} wrote no token file");
+                if round > 0 {
+                    walls[index].push(ms(wall));
+                    cpus[index] += cpu;
+                }
+            }
+        }
+        let bearerd_wall = median(&walls[0]);
+        for (index, (name, missing, _)) in tools.iter().enumerate() {
+            let scenario = if index == 0 {
+                "once_1".to_owned()
+            } else {
+                format!("once_1_{name}")
+            };
+            if let Some(missing) = missing {
+                println!("bench {scenario}: skipped ({missing} not found)");
+                continue;
+            }
+            let wall = median(&walls[index]);
+            let mut line = format!(
+                "bench {scenario}: wall_ms={wall:.1} (median of {runs}, min {:.1}, max {:.1}) \
+                 cpu_ms={:.1} (mean, user+sys)",
+                min(&walls[index]),
+                max(&walls[index]),
+                cpus[index] / runs as f64,
+            );
+            if index > 0 {
+                let _ = write!(line, " bearerd_ratio={:.3}", bearerd_wall / wall);
+            } else {
+                let _ = write!(line, " requests={}", idp.token_request_count());
+            }
+            println!("{line}");
+        }
+    }
+
+    /// (a) `run --once` for many clients at one concurrency bound.
+    fn once_many(&self, clients: usize, concurrency: usize, runs: usize) {
+        let scenario = format!("once_{clients}_c{concurrency}");
+        let dir = self.scenario_dir(&scenario);
+        let idp = self.idp(LONG_LIFETIME);
+        let agent = format!("max_concurrent_requests = {concurrency}");
+        Self::write_config(&dir, &idp, &agent, &Self::clients(clients));
+        let out = dir.join("out");
+        let mut walls = Vec::new();
+        let mut cpu = 0.0;
+        for _ in 0..runs {
+            reset_dir(&out);
+            let cpu_before = self.children_cpu_ms();
+            let started = Instant::now();
+            let status = self
+                .bearerd(&dir, &["run", "--once"])
+                .status()
+                .expect("cannot start bearerd");
+            walls.push(ms(started.elapsed()));
+            cpu += self.children_cpu_ms() - cpu_before;
+            check_exit("bearerd run --once", status, &dir);
+        }
+        let files = count_files(&out, ".token");
+        assert_eq!(files, clients, "every client's token is on disk");
+        println!(
+            "bench {scenario}: wall_ms={:.1} (median of {runs}, min {:.1}) cpu_ms={:.1} \
+             per_client_ms={:.3} requests={}",
+            median(&walls),
+            min(&walls),
+            cpu / runs as f64,
+            median(&walls) / clients as f64,
+            idp.token_request_count()
+        );
+    }
+
+    /// Starts the daemon and waits until every client's token file exists.
+    fn daemon(&self, dir: &Path, idp: &Idp, clients: usize) -> (Daemon, Duration) {
+        let started = Instant::now();
+        let child = self
+            .bearerd(dir, &["run"])
+            .spawn()
+            .expect("cannot start bearerd run");
+        let daemon = Daemon { child };
+        let out = dir.join("out");
+        let limit = Duration::from_secs(60 + clients as u64 / 50);
+        loop {
+            if idp.token_request_count() >= clients && count_files(&out, ".token") >= clients {
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the daemon wrote {} of {clients} tokens in {limit:?}; see {}",
+                count_files(&out, ".token"),
+                dir.join("bearerd.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (daemon, started.elapsed())
+    }
+
+    /// (b) Resident memory once every client has its token.
+    fn rss(&self, clients: usize) {
+        let scenario = format!("rss_{clients}");
+        let dir = self.scenario_dir(&scenario);
+        let idp = self.idp(LONG_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(clients));
+        let (daemon, took) = self.daemon(&dir, &idp, clients);
+        // Let the blocking writer threads and allocator settle.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = proc_status(daemon.pid());
+        let threads = std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        let hwm = status.get("VmHWM").copied().unwrap_or(0);
+        let rss = status.get("VmRSS").copied().unwrap_or(0);
+        drop(daemon);
+        println!(
+            "bench {scenario}: vmhwm_mib={:.2} vmrss_mib={:.2} (anon {:.2}, file {:.2}) \
+             threads={threads} all_tokens_ms={:.0} (max_concurrent_requests 4)",
+            kib_to_mib(hwm),
+            kib_to_mib(rss),
+            kib_to_mib(status.get("RssAnon").copied().unwrap_or(0)),
+            kib_to_mib(status.get("RssFile").copied().unwrap_or(0)),
+            ms(took)
+        );
+    }
+
+    /// (c) CPU time per refresh: short-lived tokens, many refreshes.
+    fn cpu_per_refresh(&self, clients: usize, window: Duration) {
+        let dir = self.scenario_dir("cpu_per_refresh");
+        let idp = self.idp(SHORT_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(clients));
+        let (daemon, _) = self.daemon(&dir, &idp, clients);
+        let requests_before = idp.token_request_count();
+        let cpu_before = proc_cpu_ticks(daemon.pid());
+        std::thread::sleep(window);
+        let cpu_after = proc_cpu_ticks(daemon.pid());
+        let refreshes = idp.token_request_count() - requests_before;
+        drop(daemon);
+        let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / self.clk_tck;
+        println!(
+            "bench cpu_per_refresh: cpu_us_per_refresh={:.0} refreshes={refreshes} \
+             cpu_ms={cpu_ms:.0} window_s={} clients={clients} lifetime_s={} \
+             (2 files fsynced per refresh: token + state)",
+            if refreshes == 0 {
+                0.0
+            } else {
+                cpu_ms * 1000.0 / refreshes as f64
+            },
+            window.as_secs(),
+            SHORT_LIFETIME.as_secs()
+        );
+    }
+
+    /// (d) Context switches of every thread while 10 clients hold 1-hour tokens.
+    fn idle(&self, clients: usize, window: Duration) {
+        let scenario = format!("idle_{clients}");
+        let dir = self.scenario_dir(&scenario);
+        let idp = self.idp(LONG_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(clients));
+        let (daemon, _) = self.daemon(&dir, &idp, clients);
+        std::thread::sleep(Duration::from_millis(500));
+        let before = thread_switches(daemon.pid());
+        let cpu_before = proc_cpu_ticks(daemon.pid());
+        std::thread::sleep(window);
+        let after = thread_switches(daemon.pid());
+        let cpu_after = proc_cpu_ticks(daemon.pid());
+        let requests = idp.token_request_count();
+        drop(daemon);
+        let mut total = 0u64;
+        let mut by_thread = Vec::new();
+        for (tid, (name, count)) in &after {
+            let earlier = before.get(tid).map_or(0, |(_, count)| *count);
+            let delta = count.saturating_sub(earlier);
+            total += delta;
+            if delta > 0 {
+                by_thread.push(format!("{name}:{delta}"));
+            }
+        }
+        let gone = before
+            .keys()
+            .filter(|tid| !after.contains_key(*tid))
+            .count();
+        let per_minute = total as f64 * 60.0 / window.as_secs_f64();
+        println!(
+            "bench {scenario}: switches_per_min={per_minute:.1} switches={total} window_s={} \
+             threads={}→{} (exited {gone}) cpu_ticks={} requests={requests} by_thread=[{}]",
+            window.as_secs(),
+            before.len(),
+            after.len(),
+            cpu_after - cpu_before,
+            by_thread.join(",")
+        );
+    }
+
+    /// (e) Config write → new token on disk, for one changed client of ten.
+    fn reload(&self, reloads: usize) {
+        let dir = self.scenario_dir("reload");
+        let idp = self.idp(LONG_LIFETIME);
+        let mut clients = Self::clients(10);
+        Self::write_config(&dir, &idp, "", &clients);
+        let (daemon, _) = self.daemon(&dir, &idp, clients.len());
+        let token_path = dir.join("out").join("c00000.token");
+        let mut latencies = Vec::new();
+        for reload in 0..reloads {
+            std::thread::sleep(Duration::from_millis(300));
+            let before = std::fs::read(&token_path).expect("the token file exists");
+            clients[0].scope = Some(format!("scope-{reload}"));
+            let started = Instant::now();
+            Self::write_config(&dir, &idp, "", &clients);
+            loop {
+                if std::fs::read(&token_path).is_ok_and(|now| now != before) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "no new token 10 s after a config change; see {}",
+                    dir.join("bearerd.log").display()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            latencies.push(ms(started.elapsed()));
+        }
+        drop(daemon);
+        println!(
+            "bench reload: latency_ms={:.1} (median of {reloads}, min {:.1}, max {:.1}) \
+             requests={} (10 + one per reload)",
+            median(&latencies),
+            min(&latencies),
+            max(&latencies),
+            idp.token_request_count()
+        );
+    }
+
+    /// CPU (user + system) of every child waited for so far, in milliseconds.
+    fn children_cpu_ms(&self) -> f64 {
+        let fields = stat_fields("/proc/self/stat");
+        // After the command name: cutime and cstime are fields 16 and 17 of proc(5).
+        let ticks = field(&fields, 16) + field(&fields, 17);
+        ticks as f64 * 1000.0 / self.clk_tck
+    }
+}
+
+/// A running daemon; stopped with SIGTERM (then SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_file(dir: &Path) -> Stdio {
+    std::fs::File::create(dir.join("bearerd.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+fn check_exit(name: &str, status: ExitStatus, dir: &Path) {
+    if !status.success() {
+        let log = std::fs::read_to_string(dir.join("bearerd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        panic!("{name} failed ({status}); last log lines: {tail:?}");
+    }
+}
+
+/// Which of these tools cannot be run, as "jq" or "curl, jq"; `None` when all can.
+fn missing_tools(tools: &[(&str, &[&str])]) -> Option<String> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(tool, args)| {
+            !Command::new(tool)
+                .args(*args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+        .map(|(tool, args)| {
+            if args.contains(&"import requests") {
+                "python3 with requests"
+            } else {
+                tool
+            }
+        })
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("toml.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .expect("cannot create the config");
+    file.write_all(bytes).expect("cannot write the config");
+    std::fs::rename(&tmp, path).expect("cannot rename the config");
+}
+
+fn reset_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("cannot create the output directory");
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `Name:  1234 kB` lines of /proc/PID/status, as kB (or plain counts).
+fn proc_status(pid: u32) -> HashMap<String, u64> {
+    parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+}
+
+fn parse_status(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            let number = value.split_whitespace().next()?.parse().ok()?;
+            Some((key.to_owned(), number))
+        })
+        .collect()
+}
+
+/// Per thread id: (name, voluntary + nonvoluntary context switches).
+fn thread_switches(pid: u32) -> HashMap<String, (String, u64)> {
+    let mut threads = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(text) = std::fs::read_to_string(path.join("status")) else {
+            continue;
+        };
+        let name = text
+            .lines()
+            .find_map(|line| line.strip_prefix("Name:"))
+            .map_or_else(String::new, |name| name.trim().to_owned());
+        let status = parse_status(&text);
+        let switches = status.get("voluntary_ctxt_switches").copied().unwrap_or(0)
+            + status
+                .get("nonvoluntary_ctxt_switches")
+                .copied()
+                .unwrap_or(0);
+        threads.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            (name, switches),
+        );
+    }
+    threads
+}
+
+/// The fields of a /proc stat file after the `(comm)`, numbered as in proc(5) (state = 3).
+fn stat_fields(path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let rest = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    rest.split_whitespace().map(str::to_owned).collect()
+}
+
+fn field(fields: &[String], number: usize) -> u64 {
+    fields
+        .get(number - 3)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process (all its threads, living and dead), in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let fields = stat_fields(&format!("/proc/{pid}/stat"));
+    field(&fields, 14) + field(&fields, 15)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |metadata| metadata.len())
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
+}
