@@ -30,6 +30,9 @@
 //! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
 //! README states them next to the figures.
 
+// An example talks to a person on stdout, and writes its own config files plainly.
+#![allow(clippy::print_stdout, clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,9 @@
 //! with two clients into `demo/`, runs `run --once`, then the daemon for a few refreshes and
 //! one live reload, printing what happens on disk.
 
+// An example talks to a person on stdout, and writes its own config files plainly.
+#![allow(clippy::print_stdout, clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,9 @@
 //! clap definition in `bearerd::cli`: `cargo run --example gen-assets [-- OUT_DIR]` (default
 //! `target/assets`). It only renders what the definition says; it never builds or installs.
 
+// An example talks to a person on stdout, and writes its own config files plainly.
+#![allow(clippy::print_stdout, clippy::disallowed_methods)]
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

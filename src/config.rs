@@ -1592,6 +1592,7 @@ fn output_path_span(root: &DeTable<'_>, client: &ClientName, index: usize) -> Op
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
 mod tests {
     use super::*;
 

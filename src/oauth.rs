@@ -165,13 +165,25 @@ impl FetchError {
 ///
 /// Redirects are off (credentials must not follow a redirect) and so are reqwest's own retries.
 pub fn http_client(timeout: Duration, tls: &TlsSettings) -> Result<reqwest::Client, String> {
+    http_client_with_roots(timeout, tls, true)
+}
+
+/// [`http_client`], optionally without the system's root store. Parsing the system's roots
+/// is most of a one-client `run --once` (about 5 ms of 13, BENCHMARKS.md); a client whose
+/// token endpoint is plain `http` never does TLS, so it skips them.
+pub fn http_client_with_roots(
+    timeout: Duration,
+    tls: &TlsSettings,
+    system_roots: bool,
+) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .timeout(timeout)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())
-        .user_agent(USER_AGENT);
+        .user_agent(USER_AGENT)
+        .tls_built_in_native_certs(system_roots);
     if let Some(path) = &tls.ca_file {
         let pem = std::fs::read(path)
             .map_err(|error| format!("cannot read ca_file {}: {error}", path.display()))?;
@@ -1276,6 +1288,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
 mod tests {
     use super::*;
     use crate::idp::{Fault, Idp, IdpSettings, KeyAlgorithm};

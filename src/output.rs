@@ -538,6 +538,7 @@ pub fn remove_output(path: &Path) -> Result<(), WriteError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
 mod tests {
     use super::*;
     use crate::secret::Secret;

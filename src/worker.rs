@@ -24,7 +24,8 @@ pub struct Shared {
     pub agent: Agent,
     pub clock: Clock,
     pub permits: Arc<Semaphore>,
-    http: Mutex<HashMap<TlsSettings, reqwest::Client>>,
+    /// Keyed by the TLS settings and whether the system's roots are needed.
+    http: Mutex<HashMap<(TlsSettings, bool), reqwest::Client>>,
 }
 
 impl Shared {
@@ -37,16 +38,20 @@ impl Shared {
         })
     }
 
-    fn http(&self, tls: &TlsSettings) -> Result<reqwest::Client, String> {
+    /// The HTTP client for `spec`. Only a plain-`http` token URL goes without the system's
+    /// roots (an issuer may name an `https` token endpoint).
+    fn http(&self, spec: &ClientSpec) -> Result<reqwest::Client, String> {
+        let roots = !matches!(&spec.endpoint, Endpoint::TokenUrl(url) if url.scheme() == "http");
+        let key = (spec.tls.clone(), roots);
         let mut clients = self
             .http
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(http) = clients.get(tls) {
+        if let Some(http) = clients.get(&key) {
             return Ok(http.clone());
         }
-        let http = oauth::http_client(self.agent.http_timeout, tls)?;
-        clients.insert(tls.clone(), http.clone());
+        let http = oauth::http_client_with_roots(self.agent.http_timeout, &spec.tls, roots)?;
+        clients.insert(key, http.clone());
         Ok(http)
     }
 
@@ -85,7 +90,7 @@ impl Session {
             .map_err(|_| FetchError::transient("shutting down"))?;
         let http = self
             .shared
-            .http(&self.spec.tls)
+            .http(&self.spec)
             .map_err(FetchError::permanent)?;
         let spec = Arc::clone(&self.spec);
         let (token_url, discovered_methods) = match &spec.endpoint {
@@ -404,7 +409,9 @@ impl Worker {
             }
 
             let started = Instant::now();
-            let result = self.session.fetch().await;
+            // Boxed: a request's state machine is large and lives only while fetching; inline it
+            // would sit in every idle worker's task (BENCHMARKS.md, memory per client).
+            let result = Box::pin(self.session.fetch()).await;
             let latency = started.elapsed();
             let now = clock.now();
             let failure = match result {

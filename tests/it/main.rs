@@ -1,6 +1,10 @@
 //! The one integration-test binary: each module drives the real `bearerd` binary or library
 //! against real files, real HTTP and real processes.
 
+// Fixtures (configs, secrets, stale files) are written plainly; the atomic writer is what is
+// under test, not how a test sets the stage.
+#![allow(clippy::disallowed_methods)]
+
 mod cli;
 mod configs;
 mod crash;
