@@ -210,13 +210,24 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
     Ok(Secret::new(text))
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsSettings {
     /// A PEM bundle added to the system roots.
     pub ca_file: Option<PathBuf>,
     /// A client certificate for mutual TLS (`tls_client_auth`, or mTLS with any method).
     pub identity: Option<TlsIdentity>,
     pub proxy: Option<Url>,
+}
+
+impl fmt::Debug for TlsSettings {
+    /// The proxy URL may carry credentials (`http://user:password@proxy`): shown without them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("ca_file", &self.ca_file)
+            .field("identity", &self.identity)
+            .field("proxy", &self.proxy.as_ref().map(crate::oauth::display_url))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -13,6 +13,7 @@
 //! - [`supervisor`]: the event loop; owns the workers, plans reloads, publishes status.
 //! - [`events`]: signals, file changes and clock steps → `Event`s (the only OS-event code).
 //! - [`systemd`]: sd_notify (reads status only).
+//! - [`metrics`], [`http`]: Prometheus metrics and `/healthz`, `/readyz`, `/metrics`.
 //! - [`hooks`]: `on_refresh` commands and signals.
 //! - [`idp`]: an in-process token endpoint for the demo, tests and benchmarks.
 //!
@@ -64,12 +65,22 @@ impl std::fmt::Display for OnceFailure {
 
 /// Removes temporary files that a crash left in the output directories of `config`.
 pub fn sweep_stale_temps(config: &Config) {
-    let dirs: BTreeSet<&Path> = config
+    let mut dirs: BTreeSet<&Path> = config
         .clients
         .iter()
         .flat_map(|client| client.outputs.iter())
         .filter_map(|output| output.path.parent())
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+        })
         .collect();
+    if let Some(state_dir) = &config.agent.state_dir {
+        dirs.insert(state_dir);
+    }
     for dir in dirs {
         match output::sweep_stale_temps(dir) {
             Ok(removed) => {
@@ -92,7 +103,8 @@ pub async fn run_once(
 ) -> Result<(), OnceFailure> {
     sweep_stale_temps(config);
     let shared = Shared::new(config.agent.clone(), clock.clone());
-    let deadline = clock.now() + deadline;
+    let now = clock.now();
+    let deadline = now.checked_add(deadline).unwrap_or(now);
     let mut tasks = tokio::task::JoinSet::new();
     for client in &config.clients {
         let spec = Arc::new(client.clone());
@@ -123,11 +135,26 @@ pub async fn run_once(
     }
 }
 
+/// Why `bearerd token NAME` printed no token: a usage error (exit 2) or a failed fetch (1).
+#[derive(Debug)]
+pub enum TokenError {
+    UnknownClient(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownClient(message) | Self::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
 /// `bearerd token NAME`: one fresh token, fetched now (no retries, no files written).
-pub async fn token(config: &Config, name: &str) -> Result<Secret, String> {
+pub async fn token(config: &Config, name: &str) -> Result<Secret, TokenError> {
     let Some(client) = config.client(name) else {
         let names: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
-        return Err(format!(
+        return Err(TokenError::UnknownClient(format!(
             "no client named {name:?} in {} (clients: {})",
             config.path.display(),
             if names.is_empty() {
@@ -135,7 +162,7 @@ pub async fn token(config: &Config, name: &str) -> Result<Secret, String> {
             } else {
                 names.join(", ")
             }
-        ));
+        )));
     };
     let shared = Shared::new(config.agent.clone(), Clock::system());
     let mut session = Session::new(Arc::new(client.clone()), shared);
@@ -143,7 +170,7 @@ pub async fn token(config: &Config, name: &str) -> Result<Secret, String> {
         .fetch()
         .await
         .map(|token| token.access_token)
-        .map_err(|error| format!("client {name}: {error}"))
+        .map_err(|error| TokenError::Failed(format!("client {name}: {error}")))
 }
 
 /// `bearerd check`: what the configuration would do, one client at a time. Never a secret.
@@ -169,8 +196,10 @@ pub fn check(config: &Config) -> String {
     for client in &config.clients {
         let _ = writeln!(out, "\nclient {}", client.name);
         let endpoint = match &client.endpoint {
-            Endpoint::TokenUrl(url) => format!("token_url {url}"),
-            Endpoint::Issuer(url) => format!("issuer {url} (OIDC discovery)"),
+            Endpoint::TokenUrl(url) => format!("token_url {}", oauth::display_url(url)),
+            Endpoint::Issuer(url) => {
+                format!("issuer {} (OIDC discovery)", oauth::display_url(url))
+            }
         };
         let _ = writeln!(out, "  endpoint   {endpoint}");
         let _ = writeln!(out, "  client_id  {}", client.client_id);
@@ -204,8 +233,9 @@ pub fn check(config: &Config) -> String {
         if let Some(scope) = &client.scope {
             let _ = writeln!(out, "  scope      {scope}");
         }
-        for (key, value) in &client.extra_params {
-            let _ = writeln!(out, "  param      {key}={value}");
+        // Parameter values may carry credentials (an API key): names only.
+        for key in client.extra_params.keys() {
+            let _ = writeln!(out, "  param      {key}");
         }
         for output in &client.outputs {
             let format = match &output.format {

@@ -45,9 +45,12 @@ fn main() -> ExitCode {
         }
         Command::Token { name } => match runtime.block_on(bearerd::token(&config, &name)) {
             Ok(token) => print_stdout(token.expose().as_bytes()),
-            Err(message) => {
-                tracing::error!("{message}");
-                ExitCode::from(1)
+            Err(error) => {
+                tracing::error!("{error}");
+                match error {
+                    bearerd::TokenError::UnknownClient(_) => ExitCode::from(2),
+                    bearerd::TokenError::Failed(_) => ExitCode::from(1),
+                }
             }
         },
         Command::Run {

@@ -998,21 +998,21 @@ fn expiry(
             Some(Duration::from_secs_f64(remaining))
         }
     });
-    if let (Some(by_expires_in), Some(by_exp)) = (from_expires_in, from_exp) {
-        if by_exp + Duration::from_secs(1) < by_expires_in {
-            tracing::debug!(
-                expires_in = by_expires_in.as_secs(),
-                exp_in = by_exp.as_secs(),
-                "the JWT exp is earlier than expires_in says; using exp"
-            );
-        }
+    if let (Some(by_expires_in), Some(by_exp)) = (from_expires_in, from_exp)
+        && by_exp + Duration::from_secs(1) < by_expires_in
+    {
+        tracing::debug!(
+            expires_in = by_expires_in.as_secs(),
+            exp_in = by_exp.as_secs(),
+            "the JWT exp is earlier than expires_in says; using exp"
+        );
     }
     let lifetime = match (from_expires_in, from_exp) {
         (Some(a), Some(b)) => a.min(b),
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => default_lifetime.min(MAX_LIFETIME),
     };
-    now + lifetime.max(MIN_LIFETIME)
+    now.checked_add(lifetime.max(MIN_LIFETIME)).unwrap_or(now)
 }
 
 /// The `exp` claim of a JWS-shaped token (`header.payload.signature`), unverified.

@@ -37,6 +37,10 @@ pub enum Failure {
     Permanent,
 }
 
+/// The longest `Retry-After` honoured (or `backoff_max`, when that is longer): a server asking
+/// for a day must not park a client past its token's expiry, nor overflow a deadline.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
 /// Bounds of the retry delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -47,7 +51,8 @@ pub struct Backoff {
 impl Backoff {
     /// The wait before retry number `attempt` (0 for the first retry): exponential backoff with
     /// full jitter between `min` and `min · 2^attempt` (capped at `max`); `Permanent` failures
-    /// wait `max`. A `retry_after` from the server is a floor. The backoff (not the
+    /// wait `max`. A `retry_after` from the server is a floor (capped at [`RETRY_AFTER_CAP`] or
+    /// `max`, whichever is longer). The backoff (not the
     /// server's floor) never sleeps past `expires_at`, the expiry of the token still on disk,
     /// so that a healed server is tried before the old token dies.
     pub fn delay(
@@ -77,7 +82,10 @@ impl Backoff {
             Some(left) => backoff.min(left.max(min)),
             None => backoff,
         };
-        backoff.max(retry_after.unwrap_or(Duration::ZERO))
+        let server_floor = retry_after
+            .unwrap_or(Duration::ZERO)
+            .min(self.max.max(RETRY_AFTER_CAP));
+        backoff.max(server_floor)
     }
 }
 
@@ -146,6 +154,14 @@ mod tests {
             0.0,
         );
         assert_eq!(delay, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_capped() {
+        let huge = Some(Duration::from_secs(u64::MAX));
+        let delay = BACKOFF.delay(Failure::Transient, 0, huge, at(0), None, 0.0);
+        assert_eq!(delay, RETRY_AFTER_CAP);
+        assert!(at(0).checked_add(delay).is_some());
     }
 
     #[test]

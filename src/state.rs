@@ -82,13 +82,13 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     if !crate::oauth::is_b64token(&persisted.access_token) {
         return None;
     }
-    let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let at = |secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs));
     Some(Token {
         access_token: Secret::new(persisted.access_token),
         token_type: persisted.token_type,
         scope: persisted.scope,
-        issued_at: at(persisted.issued_at),
-        expires_at: at(persisted.expires_at),
+        issued_at: at(persisted.issued_at)?,
+        expires_at: at(persisted.expires_at)?,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::{ClientName, ClientSpec, Config};
 use crate::events::{Event, ReloadCause};
 use crate::metrics::Metrics;
-use crate::worker::{Command, Mode, Report, Shared, Worker};
+use crate::worker::{Command, Mode, Report, Reporter, Shared, Worker};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -126,6 +126,7 @@ fn same_request(a: &ClientSpec, b: &ClientSpec) -> bool {
 }
 
 struct Running {
+    id: u64,
     abort: AbortHandle,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -146,8 +147,9 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     workers: HashMap<ClientName, Running>,
     tasks: JoinSet<()>,
-    reports_tx: mpsc::UnboundedSender<Report>,
-    reports: mpsc::UnboundedReceiver<Report>,
+    reports_tx: mpsc::UnboundedSender<(u64, Report)>,
+    reports: mpsc::UnboundedReceiver<(u64, Report)>,
+    next_worker: u64,
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
     notices: mpsc::UnboundedSender<Notice>,
@@ -167,6 +169,7 @@ impl Supervisor {
             tasks: JoinSet::new(),
             reports_tx,
             reports,
+            next_worker: 0,
             status: watch::channel(Status::default()).0,
             metrics: Arc::new(Metrics::default()),
             notices,
@@ -207,8 +210,8 @@ impl Supervisor {
                         self.broadcast(Command::ClockChanged);
                     }
                 },
-                Some(report) = self.reports.recv() => {
-                    self.record(report);
+                Some((worker, report)) = self.reports.recv() => {
+                    self.record(worker, report);
                     if !ready_sent && self.status.borrow().all_tried() {
                         ready_sent = true;
                         let _ = self.notices.send(Notice::Ready);
@@ -234,16 +237,24 @@ impl Supervisor {
         };
         let spec = Arc::new(spec.clone());
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let worker = Worker::new(
-            spec,
-            Arc::clone(&self.shared),
-            Some(self.reports_tx.clone()),
-        );
+        self.next_worker += 1;
+        let id = self.next_worker;
+        let reporter = Reporter {
+            worker: id,
+            sender: self.reports_tx.clone(),
+        };
+        let worker = Worker::new(spec, Arc::clone(&self.shared), Some(reporter));
         let abort = self.tasks.spawn(async move {
             let _ = worker.run(Mode::Daemon, restore, commands_rx).await;
         });
-        self.workers
-            .insert(name.clone(), Running { abort, commands });
+        self.workers.insert(
+            name.clone(),
+            Running {
+                id,
+                abort,
+                commands,
+            },
+        );
         self.status.send_modify(|status| {
             status.clients.insert(name.clone(), ClientStatus::default());
         });
@@ -286,6 +297,9 @@ impl Supervisor {
                 }
                 if self.config.agent != new.agent {
                     self.shared = Shared::new(new.agent.clone(), self.clock.clone());
+                } else {
+                    // Certificates, keys and CA files may have changed in place.
+                    self.shared.forget_http_clients();
                 }
                 self.config = new;
                 for name in &plan.stop {
@@ -307,14 +321,18 @@ impl Supervisor {
         let _ = self.notices.send(Notice::Ready);
     }
 
-    fn record(&mut self, report: Report) {
+    fn record(&mut self, worker: u64, report: Report) {
         let client = match &report {
             Report::Fresh { client, .. }
             | Report::Failed { client, .. }
             | Report::Expired { client } => client.clone(),
         };
-        if !self.workers.contains_key(&client) {
-            return; // a late report from a worker that was just stopped
+        if self
+            .workers
+            .get(&client)
+            .is_none_or(|running| running.id != worker)
+        {
+            return; // a late report from a worker that was just stopped or replaced
         }
         match &report {
             Report::Fresh {
@@ -370,5 +388,94 @@ impl Supervisor {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("/etc/bearerd/bearerd.toml"),
+            text,
+            &|_| None,
+        )
+        .expect("valid config")
+    }
+
+    fn client(name: &str, extra: &str) -> String {
+        format!(
+            "[clients.{name}]\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"{name}\"\n\
+             client_secret = \"s\"\n{extra}\n[[clients.{name}.output]]\npath = \"/run/{name}.token\"\n"
+        )
+    }
+
+    fn names(list: &[ClientName]) -> Vec<&str> {
+        list.iter().map(ClientName::as_str).collect()
+    }
+
+    #[test]
+    fn an_unchanged_config_keeps_every_client() {
+        let old = config(&format!("{}{}", client("a", ""), client("b", "")));
+        let plan = plan(&old, &old.clone());
+        assert_eq!(names(&plan.keep), ["a", "b"]);
+        assert!(plan.stop.is_empty() && plan.start.is_empty());
+    }
+
+    #[test]
+    fn added_removed_and_changed_clients_are_told_apart() {
+        let old = config(&format!(
+            "{}{}{}",
+            client("kept", ""),
+            client("gone", ""),
+            client("scoped", "")
+        ));
+        let new = config(&format!(
+            "{}{}{}",
+            client("kept", ""),
+            client("scoped", "scope = \"x\""),
+            client("added", "")
+        ));
+        let plan = plan(&old, &new);
+        assert_eq!(names(&plan.keep), ["kept"]);
+        assert_eq!(names(&plan.stop), ["gone", "scoped"]);
+        let start: Vec<(&str, bool)> = plan
+            .start
+            .iter()
+            .map(|(name, restore)| (name.as_str(), *restore))
+            .collect();
+        // A new client may reuse a saved token; a changed request must be fetched again.
+        assert_eq!(start, [("added", true), ("scoped", false)]);
+    }
+
+    #[test]
+    fn a_change_of_outputs_only_restarts_with_the_saved_token() {
+        let old = config(&client("a", ""));
+        let new =
+            config(&client("a", "").replace("path = \"/run/a.token\"", "path = \"/run/a2.token\""));
+        let plan = plan(&old, &new);
+        assert_eq!(plan.start, [(ClientName::parse("a").expect("name"), true)]);
+    }
+
+    #[test]
+    fn a_changed_secret_is_fetched_again() {
+        let old = config(&client("a", ""));
+        let new =
+            config(&client("a", "").replace("client_secret = \"s\"", "client_secret = \"t\""));
+        assert_eq!(
+            plan(&old, &new).start,
+            [(ClientName::parse("a").expect("name"), false)]
+        );
+    }
+
+    #[test]
+    fn an_agent_change_restarts_everyone_with_saved_tokens() {
+        let old = config(&client("a", ""));
+        let new = config(&format!("[agent]\nrefresh_at = 0.5\n{}", client("a", "")));
+        let plan = plan(&old, &new);
+        assert!(plan.keep.is_empty());
+        assert_eq!(names(&plan.stop), ["a"]);
+        assert_eq!(plan.start, [(ClientName::parse("a").expect("name"), true)]);
     }
 }

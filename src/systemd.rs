@@ -59,7 +59,7 @@ fn watchdog_interval() -> Option<Duration> {
         return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
 fn monotonic_usec() -> u64 {

@@ -38,6 +38,15 @@ impl Shared {
         })
     }
 
+    /// Drops the cached HTTP clients, so that the next request reads certificates, keys and CA
+    /// files again (after a reload: they may have been rotated in place).
+    pub fn forget_http_clients(&self) {
+        self.http
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
     /// The HTTP client for `spec`. Only a plain-`http` token URL goes without the system's
     /// roots (an issuer may name an `https` token endpoint).
     fn http(&self, spec: &ClientSpec) -> Result<reqwest::Client, String> {
@@ -272,6 +281,14 @@ pub enum Report {
     Expired { client: ClientName },
 }
 
+/// Where a worker sends its reports, tagged with the worker's id so that a late report from a
+/// stopped worker is not taken for its replacement's.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    pub worker: u64,
+    pub sender: mpsc::UnboundedSender<(u64, Report)>,
+}
+
 /// What the supervisor can tell a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -294,15 +311,11 @@ pub struct Worker {
     shared: Arc<Shared>,
     session: Session,
     state_path: std::path::PathBuf,
-    reports: Option<mpsc::UnboundedSender<Report>>,
+    reports: Option<Reporter>,
 }
 
 impl Worker {
-    pub fn new(
-        spec: Arc<ClientSpec>,
-        shared: Arc<Shared>,
-        reports: Option<mpsc::UnboundedSender<Report>>,
-    ) -> Self {
+    pub fn new(spec: Arc<ClientSpec>, shared: Arc<Shared>, reports: Option<Reporter>) -> Self {
         let state_path = state::path(&shared.agent, &spec);
         Self {
             session: Session::new(Arc::clone(&spec), Arc::clone(&shared)),
@@ -475,7 +488,7 @@ impl Worker {
                 rand::random::<f64>(),
             );
             attempt = attempt.saturating_add(1);
-            due = now + delay;
+            due = now.checked_add(delay).unwrap_or(now);
             let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
             if last_error.as_deref() != Some(message.as_str()) {
                 match failure {
@@ -530,8 +543,8 @@ impl Worker {
     }
 
     fn report(&self, report: Report) {
-        if let Some(reports) = &self.reports {
-            let _ = reports.send(report);
+        if let Some(reporter) = &self.reports {
+            let _ = reporter.sender.send((reporter.worker, report));
         }
     }
 }

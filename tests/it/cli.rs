@@ -292,7 +292,11 @@ fn token_prints_the_bare_token_and_nothing_else() {
     );
 
     let unknown = harness.run(&["token", "nope"]);
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown name is a usage error"
+    );
     assert!(text(&unknown.stderr).contains("no client named \"nope\""));
 }
 
@@ -548,4 +552,34 @@ fn a_config_or_secret_file_readable_by_everyone_is_warned_about() {
     set_mode(&secret, 0o600);
     let output = harness.run(&["check"]);
     assert!(!text(&output.stderr).contains("readable by every user"));
+}
+
+#[test]
+fn the_config_path_comes_from_bearerd_config_when_c_is_absent() {
+    let idp = idp();
+    let harness = Harness::new();
+    let path = harness.write("elsewhere.toml", &one_client(&idp));
+    let output = std::process::Command::new(crate::harness::BEARERD)
+        .arg("check")
+        .env("BEARERD_CONFIG", &path)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("elsewhere.toml: valid"));
+
+    // Neither -c nor $BEARERD_CONFIG: the packaged default path.
+    let output = std::process::Command::new(crate::harness::BEARERD)
+        .arg("check")
+        .env_remove("BEARERD_CONFIG")
+        .output()
+        .expect("run");
+    let stderr = text(&output.stderr);
+    if !std::path::Path::new(bearerd::config::DEFAULT_PATH).exists() {
+        assert_eq!(output.status.code(), Some(2));
+    }
+    assert!(
+        stderr.contains(bearerd::config::DEFAULT_PATH)
+            || text(&output.stdout).contains(bearerd::config::DEFAULT_PATH),
+        "{stderr}"
+    );
 }

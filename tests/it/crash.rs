@@ -55,7 +55,9 @@ format = "json"
 
 /// Why `contents` is not a complete file of the output at `path`, if it is not.
 fn invalid(path: &str, contents: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(contents).ok()?;
+    let Ok(text) = std::str::from_utf8(contents) else {
+        return Some(format!("{path}: not UTF-8: {contents:?}"));
+    };
     let valid = match path.rsplit('.').next() {
         Some("token") => is_b64token(text),
         Some("env") => {

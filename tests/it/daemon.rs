@@ -327,9 +327,8 @@ fn sighup_reloads_and_a_changed_secret_file_refetches_its_client() {
 
     daemon.signal(Signal::HUP);
     daemon.wait_for("configuration reloaded", 1, Duration::from_secs(5));
-    assert_eq!(
-        idp.token_request_count(),
-        2,
+    assert!(
+        !wait_until(Duration::from_millis(800), || idp.token_request_count() > 2),
         "an unchanged reload refetches nothing"
     );
 
@@ -442,4 +441,28 @@ fn on_expiry_remove_deletes_the_files_of_an_expired_token() {
     // Once the endpoint heals, the file comes back.
     idp.set_fault(Fault::None);
     wait_for_change(&harness, "api", "", Duration::from_secs(5));
+}
+
+#[test]
+fn a_removed_client_stops_being_refreshed() {
+    let clients = ["alpha", "beta"];
+    let idp = idp_with(&clients, Duration::from_secs(2));
+    let harness = Harness::new();
+    harness.write("bearerd.toml", &config(&idp, &clients, ""));
+    let daemon = Daemon::start(&harness);
+    wait_for_change(&harness, "beta", "", Duration::from_secs(5));
+    harness.write("bearerd.toml", &config(&idp, &["alpha"], ""));
+    daemon.wait_for("configuration reloaded", 1, Duration::from_secs(5));
+    let beta_requests = requests_for(&idp, "beta");
+    // alpha goes on refreshing (three more tokens, over two lifetimes) while beta gets none.
+    let mut alpha = read(&harness, "alpha");
+    for _ in 0..3 {
+        alpha = wait_for_change(&harness, "alpha", &alpha, Duration::from_secs(4));
+    }
+    assert_eq!(
+        requests_for(&idp, "beta"),
+        beta_requests,
+        "{}",
+        daemon.log()
+    );
 }

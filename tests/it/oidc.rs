@@ -211,15 +211,14 @@ fn spawn_drain<R: Read + Send + 'static>(
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            if ready.is_some() {
-                if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                    if value.get("issuer").is_some() {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(value);
-                        }
-                        continue;
-                    }
+            if ready.is_some()
+                && let Ok(value) = serde_json::from_str::<Value>(&line)
+                && value.get("issuer").is_some()
+            {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(value);
                 }
+                continue;
             }
             if let Ok(mut log) = log.lock() {
                 log.push_str(&line);

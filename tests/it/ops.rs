@@ -206,13 +206,22 @@ fn on_refresh_commands_run_and_failing_or_slow_ones_never_block() {
     assert!(daemon.log().contains("exit status: 3"), "{}", daemon.log());
     drop(daemon);
 
-    // A command that outlives its timeout is killed, and refreshing goes on meanwhile.
+    // A command still running never holds up the next refresh: with 2 s tokens, three refreshes
+    // happen while the first hook still has 30 s to run.
+    let harness = Harness::new();
+    let slow = "[clients.api.on_refresh]\ncommand = [\"sleep\", \"30\"]\ntimeout = \"30s\"\n";
+    harness.write("bearerd.toml", &config(&idp, "", slow));
+    let daemon = Daemon::start(&harness);
+    daemon.wait_for("token refreshed", 3, Duration::from_secs(8));
+    assert_eq!(daemon.count("on_refresh command"), 0, "{}", daemon.log());
+    drop(daemon);
+
+    // A command that outlives its timeout is killed and logged.
     let harness = Harness::new();
     let slow = "[clients.api.on_refresh]\ncommand = [\"sleep\", \"30\"]\ntimeout = \"500ms\"\n";
     harness.write("bearerd.toml", &config(&idp, "", slow));
     let daemon = Daemon::start(&harness);
     daemon.wait_for("timed out and was killed", 1, Duration::from_secs(5));
-    daemon.wait_for("token refreshed", 3, Duration::from_secs(8));
 }
 
 #[test]
