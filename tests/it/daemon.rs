@@ -466,3 +466,34 @@ fn a_removed_client_stops_being_refreshed() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_token_endpoint_that_goes_missing_is_discovered_again() {
+    let idp = idp_with(&["api"], Duration::from_secs(300));
+    let harness = Harness::new();
+    let text = config(&idp, &["api"], "").replace(
+        &format!("token_url = \"{}\"", idp.token_url()),
+        &format!("issuer = \"{}\"", idp.issuer()),
+    );
+    harness.write("bearerd.toml", &text);
+    idp.set_fault_times(
+        Fault::Status {
+            status: 404,
+            body: "not here".to_owned(),
+            content_type: "text/plain".to_owned(),
+            retry_after: None,
+        },
+        1,
+    );
+    let _daemon = Daemon::start(&harness);
+    wait_for_change(&harness, "api", "", Duration::from_secs(8));
+    let discoveries = idp
+        .requests()
+        .iter()
+        .filter(|request| request.path == bearerd::idp::DISCOVERY_PATH)
+        .count();
+    assert_eq!(
+        discoveries, 2,
+        "a 404 from the token endpoint drops the cached discovery"
+    );
+}

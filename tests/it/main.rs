@@ -9,6 +9,7 @@ mod cli;
 mod configs;
 mod crash;
 mod daemon;
+mod demo;
 mod examples;
 mod faults;
 mod harness;
