@@ -427,6 +427,27 @@ fn split_path(path: &Path) -> Result<(&Path, &OsStr), WriteError> {
 ///
 /// Blocking; run it where cancellation cannot interrupt it (e.g. `spawn_blocking`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    write_atomic_as(path, bytes, mode, Durability::Durable)
+}
+
+/// Whether a write must survive a power loss, or only be atomic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file before the rename and the directory after it: token files.
+    Durable,
+    /// No fsync: still atomic (readers and a SIGKILL see old or new bytes), but a power loss
+    /// may lose it. For files that are only a cache, such as the state file, where losing
+    /// one costs a refetch; it halves the fsyncs of a refresh.
+    Cache,
+}
+
+/// [`write_atomic`], with the durability chosen by the caller.
+pub fn write_atomic_as(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> Result<(), WriteError> {
     let (dir, file_name) = split_path(path)?;
     DirBuilder::new()
         .recursive(true)
@@ -441,11 +462,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteErr
         .mode(0o600)
         .open(&temp)
         .map_err(|error| WriteError::new("create a temporary file for", path, error))?;
-    if let Err(error) = fill_and_rename(file, &temp, path, bytes, mode) {
+    if let Err(error) = fill_and_rename(file, &temp, path, bytes, mode, durability) {
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
-
+    if durability == Durability::Cache {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|dir| dir.sync_all())
         .map_err(|error| WriteError::new("sync directory", dir, error))
@@ -457,6 +480,7 @@ fn fill_and_rename(
     path: &Path,
     bytes: &[u8],
     mode: u32,
+    durability: Durability,
 ) -> Result<(), WriteError> {
     // fchmod, not the creation mode: the umask does not apply to it, and it happens before
     // the file holds anything worth reading.
@@ -464,8 +488,10 @@ fn fill_and_rename(
         .map_err(|error| WriteError::new("set the mode of", path, error))?;
     file.write_all(bytes)
         .map_err(|error| WriteError::new("write", path, error))?;
-    file.sync_all()
-        .map_err(|error| WriteError::new("sync", path, error))?;
+    if durability == Durability::Durable {
+        file.sync_all()
+            .map_err(|error| WriteError::new("sync", path, error))?;
+    }
     drop(file);
     fs::rename(temp, path).map_err(|error| WriteError::new("replace", path, error))
 }

@@ -92,7 +92,8 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     })
 }
 
-/// Saves `token` for `client` atomically with mode 0600.
+/// Saves `token` for `client` atomically with mode 0600, without fsync (see
+/// [`output::Durability::Cache`]).
 pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), String> {
     let persisted = Persisted {
         version: VERSION,
@@ -105,8 +106,8 @@ pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), Strin
     };
     let bytes = serde_json::to_vec(&persisted)
         .map_err(|error| format!("cannot encode state for {}: {error}", path.display()))?;
-    output::write_if_changed(path, &bytes, 0o600)
-        .map(|_| ())
+    // A cache: atomic, but not fsynced (a power loss costs one refetch, not a bad token).
+    output::write_atomic_as(path, &bytes, 0o600, output::Durability::Cache)
         .map_err(|error| error.to_string())
 }
 
