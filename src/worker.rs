@@ -89,14 +89,19 @@ impl Session {
         }
     }
 
-    /// One token request (after discovery, when the client uses an issuer).
+    /// One token request (after discovery, when the client uses an issuer), waiting for a
+    /// place among the requests in flight.
     pub async fn fetch(&mut self) -> Result<Token, FetchError> {
-        let _permit = self
-            .shared
-            .permits
+        let permits = Arc::clone(&self.shared.permits);
+        let _permit = permits
             .acquire()
             .await
             .map_err(|_| FetchError::transient("shutting down"))?;
+        self.request().await
+    }
+
+    /// [`Session::fetch`] for a caller that already holds a place in flight.
+    async fn request(&mut self) -> Result<Token, FetchError> {
         let http = self
             .shared
             .http(&self.spec)
@@ -421,10 +426,16 @@ impl Worker {
                 }
             }
 
+            // The place in flight first, then the request's state machine, boxed: it is large
+            // and lives only while fetching. Inline, it would sit in every idle worker's task;
+            // boxed before the wait, 10,000 clients starting at once would each hold one
+            // (BENCHMARKS.md, memory per client).
+            let permits = Arc::clone(&self.shared.permits);
+            let Ok(_permit) = permits.acquire().await else {
+                return Err("shutting down".to_owned());
+            };
             let started = Instant::now();
-            // Boxed: a request's state machine is large and lives only while fetching; inline it
-            // would sit in every idle worker's task (BENCHMARKS.md, memory per client).
-            let result = Box::pin(self.session.fetch()).await;
+            let result = Box::pin(self.session.request()).await;
             let latency = started.elapsed();
             let now = clock.now();
             let failure = match result {
