@@ -36,7 +36,10 @@
 //                                       // optional: serve https (issuer https://127.0.0.1:PORT)
 //                                       // and ask for a client certificate (tls_client_auth and
 //                                       // certificate-bound tokens); paths are PEM files
-//   "http2": false                      // with "tls": offer HTTP/2 by ALPN (HTTP/1.1 still works)
+//   "http2": false,                     // with "tls": offer HTTP/2 by ALPN (HTTP/1.1 still works)
+//   "mtls_alias": false                 // with "tls": publish mtls_endpoint_aliases.token_endpoint
+//                                       // (RFC 8705 §5) = ISSUER/mtls/token, a second path to the
+//                                       // token endpoint whose requests are counted apart
 // }
 //
 // An `audience` form parameter (Auth0 / Camunda style) is honoured like a `resource`: the token's
@@ -44,7 +47,8 @@
 //
 // Test-only endpoints, next to oidc-provider's own:
 //   GET  /__test/stats   -> {"token_requests":N,"faults_served":N,"issued":{"client":N},"errors":{"client":N},
-//                            "http_versions":{"1.1":N,"2.0":N}}   (of the token requests)
+//                            "http_versions":{"1.1":N,"2.0":N},   (of the token requests)
+//                            "mtls_alias_requests":N}             (of those, made to the alias)
 //   POST /__test/fail    <- {"count":1,"status":503,"body":{...}|"text","headers":{...},"delay_ms":0}
 //                           the next `count` token requests get that response instead
 
@@ -131,7 +135,9 @@ const tls = config.tls
 
 // --- test-only bookkeeping -----------------------------------------------------------------------
 
-const stats = { token_requests: 0, faults_served: 0, issued: {}, errors: {}, http_versions: {} };
+const stats = {
+  token_requests: 0, faults_served: 0, issued: {}, errors: {}, http_versions: {}, mtls_alias_requests: 0,
+};
 const faults = [];
 
 function readBody(req) {
@@ -159,6 +165,10 @@ let callback = null;
 if (config.http2 && !tls) {
   fail('"http2" needs "tls" (browsers and bearerd speak HTTP/2 only over TLS)');
 }
+if (config.mtls_alias && !tls) {
+  fail('"mtls_alias" needs "tls"');
+}
+const MTLS_ALIAS_PATH = '/mtls/token';
 let server;
 if (tls && config.http2) {
   server = http2.createSecureServer({ ...tls, allowHTTP1: true }, (req, res) => handle(req, res));
@@ -179,6 +189,9 @@ const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).pr
 
 const provider = new Provider(issuer, {
   clients,
+  ...(config.mtls_alias
+    ? { discovery: { mtls_endpoint_aliases: { token_endpoint: `${issuer}${MTLS_ALIAS_PATH}` } } }
+    : {}),
   jwks: { keys: [{ ...signingKey, kid: 'interop-rs256', use: 'sig', alg: 'RS256' }] },
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   scopes: [...scopes],
@@ -309,7 +322,13 @@ const tokenPath = new URL(provider.urlFor('token')).pathname;
 
 async function handle(req, res) {
   try {
-    const path = req.url.split('?')[0];
+    let path = req.url.split('?')[0];
+    if (config.mtls_alias && path === MTLS_ALIAS_PATH && req.method === 'POST') {
+      // The alias is the token endpoint under another path: count it, then serve it as that.
+      stats.mtls_alias_requests += 1;
+      req.url = tokenPath + req.url.slice(path.length);
+      path = tokenPath;
+    }
 
     if (path === '/__test/stats' && req.method === 'GET') {
       return sendJson(res, 200, stats);

@@ -1,12 +1,14 @@
 //! The built `bearerd` binary against real authorization servers on loopback: oidc-provider
 //! (`tests/interop/server.mjs`) for every auth method bearerd has, Django OAuth Toolkit (`dot`) as
-//! a server of another family, a proxy (`proxy`), and the example templates (`templates`).
+//! a server of another family, a proxy (`proxy`), a client certificate rotated under a running
+//! daemon (`rotation`), and the example templates (`templates`).
 //! Each test checks what the server issued (JWT claims, introspection), not just an exit code;
 //! a server that cannot start fails the test, never skips it.
 
 mod dot;
 mod pki;
 mod proxy;
+mod rotation;
 mod templates;
 
 use std::collections::HashSet;
@@ -406,6 +408,53 @@ fn tls_client_auth_gets_a_certificate_bound_token_over_a_private_ca() {
     let output = fail_at_runtime(bearerd(&harness, &untrusted, &["token", "mtls"]));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
+}
+
+#[tokio::test]
+async fn tls_client_auth_with_an_issuer_posts_to_the_mtls_endpoint_alias() {
+    let harness = Harness::new();
+    let pki = pki::Pki::create(harness.dir.path());
+    let idp = OidcProvider::start_with(json!({
+        "clients": [{
+            "client_id": "mtls-bot",
+            "token_endpoint_auth_method": "tls_client_auth",
+            "tls_client_auth_subject_dn": pki::CLIENT_SUBJECT,
+            "tls_client_certificate_bound_access_tokens": true,
+        }],
+        "ttl": 300,
+        "tls": {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert},
+        "mtls_alias": true,
+    }));
+    let path = |path: &Path| quoted(path.to_str().expect("UTF-8 path"));
+    let config = harness.write(
+        "bearerd.toml",
+        &client_toml(
+            "mtls",
+            &format!(
+                "issuer = {}\nclient_id = \"mtls-bot\"\nauth_method = \"tls_client_auth\"\n\
+                 ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\nscope = \"tasks:read\"\n\
+                 extra_params = {{ resource = {} }}",
+                quoted(&idp.issuer),
+                path(&pki.ca_cert),
+                path(&pki.client_cert),
+                path(&pki.client_key),
+                quoted(RESOURCE)
+            ),
+        ),
+    );
+    let token = succeed(bearerd(&harness, &config, &["token", "mtls"]), || idp.log());
+    assert_claims(&token, &idp, "mtls-bot", "tasks:read", RESOURCE);
+    let claims = jwt_claims(&token);
+    assert_eq!(
+        claims["cnf"]["x5t#S256"],
+        pki.client_thumbprint().as_str(),
+        "{claims}"
+    );
+
+    // The one token request went to the alias, not to the plain token_endpoint.
+    let stats = tls_stats(&idp, &pki).await;
+    assert_eq!(stats["token_requests"], 1, "{stats}");
+    assert_eq!(stats["mtls_alias_requests"], 1, "{stats}");
 }
 
 #[test]
