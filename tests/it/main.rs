@@ -12,6 +12,7 @@ mod daemon;
 mod demo;
 mod examples;
 mod faults;
+mod hardening;
 mod harness;
 mod hygiene;
 mod interop;
