@@ -5,7 +5,7 @@
 //! cargo build --release && cargo run --release --example bench -- --short # seconds (CI)
 //! ```
 //!
-//! It starts the in-process token endpoint ([`bearerd::idp`]) on 127.0.0.1 and runs the real
+//! It starts the in-process token endpoint ([`bearerd_idp`]) on 127.0.0.1 and runs the real
 //! `bearerd` binary as a child process (found beside this example's directory:
 //! `target/<profile>/examples/../bearerd`, or `--bin PATH`), so every figure is what an operator
 //! would see: process start, config parsing, TLS setup, logging, fsyncs. Each scenario prints one
@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bearerd::idp::{Idp, IdpSettings};
+use bearerd_idp::{Idp, IdpSettings};
 
 /// How much work each scenario does.
 struct Sizes {

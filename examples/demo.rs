@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bearerd::clock::Clock;
 use bearerd::config::Config;
 use bearerd::events::Event;
-use bearerd::idp::{Idp, IdpSettings};
+use bearerd_idp::{Idp, IdpSettings};
 
 const LIFETIME: Duration = Duration::from_secs(4);
 const DAEMON_FOR: Duration = Duration::from_secs(10);

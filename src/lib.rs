@@ -15,7 +15,6 @@
 //! - [`systemd`]: sd_notify (reads status only).
 //! - [`metrics`], [`http`]: Prometheus metrics and `/healthz`, `/readyz`, `/metrics`.
 //! - [`hooks`]: `on_refresh` commands and signals.
-//! - [`idp`]: an in-process token endpoint for the demo, tests and benchmarks.
 //!
 //! The entry points below are what the binary calls; tests and examples call them too.
 
@@ -25,7 +24,6 @@ pub mod config;
 pub mod events;
 pub mod hooks;
 pub mod http;
-pub mod idp;
 pub mod metrics;
 pub mod oauth;
 pub mod output;

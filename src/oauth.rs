@@ -1291,7 +1291,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
 mod tests {
     use super::*;
-    use crate::idp::{Fault, Idp, IdpSettings, KeyAlgorithm};
+    use bearerd_idp::{Fault, Idp, IdpSettings, KeyAlgorithm};
     use ring::signature::KeyPair as _;
 
     const RSA_PKCS8: &str = "\

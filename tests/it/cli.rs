@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use base64::Engine;
-use bearerd::idp::{Fault, IdpSettings};
+use bearerd_idp::{Fault, IdpSettings};
 
 use crate::harness::{Harness, TestIdp, text};
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bearerd::idp::IdpSettings;
 use bearerd::oauth::is_b64token;
+use bearerd_idp::IdpSettings;
 use rand::{Rng, SeedableRng};
 
 use crate::faults::temporary_files;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use bearerd::idp::{Fault, IdpSettings};
+use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
 use crate::harness::{Daemon, Harness, TestIdp, wait_until};
@@ -490,7 +490,7 @@ fn a_token_endpoint_that_goes_missing_is_discovered_again() {
     let discoveries = idp
         .requests()
         .iter()
-        .filter(|request| request.path == bearerd::idp::DISCOVERY_PATH)
+        .filter(|request| request.path == bearerd_idp::DISCOVERY_PATH)
         .count();
     assert_eq!(
         discoveries, 2,

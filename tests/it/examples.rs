@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use bearerd::idp::IdpSettings;
+use bearerd_idp::IdpSettings;
 
 use crate::harness::{BEARERD, Harness, TestIdp, text};
 

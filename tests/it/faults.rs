@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bearerd::idp::{Fault, IdpSettings};
+use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
 use crate::harness::{Daemon, Harness, TestIdp, text, wait_until};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bearerd::idp::{Idp, IdpSettings};
+use bearerd_idp::{Idp, IdpSettings};
 
 /// The `bearerd` binary cargo built for these tests.
 pub const BEARERD: &str = env!("CARGO_BIN_EXE_bearerd");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use bearerd::idp::{Fault, IdpSettings, KeyAlgorithm};
+use bearerd_idp::{Fault, IdpSettings, KeyAlgorithm};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use rustix::process::Signal;

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bearerd::idp::{Fault, IdpSettings};
+use bearerd_idp::{Fault, IdpSettings};
 
 use crate::harness::{Daemon, Harness, TestIdp, wait_until};
 

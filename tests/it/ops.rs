@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use bearerd::idp::{Fault, IdpSettings};
+use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
 use crate::harness::{Daemon, Harness, TestIdp, wait_until};

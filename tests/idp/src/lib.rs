@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use bearerd::idp::{Fault, Idp, IdpSettings};
+//! use bearerd_idp::{Fault, Idp, IdpSettings};
 //! let idp = Idp::start(IdpSettings::default()).await?;
 //! idp.add_client("tasklist-bot", "s3cret", std::time::Duration::from_secs(300));
 //! idp.set_fault_times(Fault::Status {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bearerd::idp::IdpSettings;
+use bearerd_idp::IdpSettings;
 use serde_json::json;
 
 use super::{bearerd, client_toml, quoted, succeed};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bearerd::idp::IdpSettings;
+use bearerd_idp::IdpSettings;
 use serde_json::Value;
 
 use super::{bearerd, succeed};
