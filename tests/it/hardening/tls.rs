@@ -1,5 +1,6 @@
 //! Hardening: TLS. A server certificate bearerd cannot trust is a permanent failure named in
-//! plain words, against real TLS servers on loopback with certificates `openssl` makes here.
+//! plain words, against real TLS servers on loopback with certificates `openssl` makes here;
+//! and a discovered mTLS alias must be `https` as a discovered token endpoint must.
 //! The servers here only shake hands and hand out one fixed token: they check no credentials.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -9,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bearerd::idp::IdpSettings;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::harness::{Daemon, Harness, text, wait_until};
+use crate::harness::{Daemon, Harness, TestIdp, text, wait_until};
 use crate::interop::pki::{self, Pki};
 use crate::interop::{bearerd, client_toml, fail_at_runtime, quoted, succeed};
 
@@ -374,4 +376,62 @@ fn the_daemon_retries_a_refused_certificate_at_backoff_max_and_warns_once() {
         failures[0].contains("is not signed by a trusted CA"),
         "{log}"
     );
+}
+
+#[test]
+fn a_plain_http_mtls_alias_in_discovery_is_refused_and_never_posted_to() {
+    let harness = Harness::new();
+    let pki = Pki::create(harness.dir.path());
+    let alias = "http://mtls.example/oauth/token";
+    let idp = TestIdp::start(IdpSettings {
+        accept_unknown_clients: true,
+        mtls_token_endpoint: Some(alias.to_owned()),
+        ..IdpSettings::default()
+    });
+    // The endpoint is the client's proxy too: a request for the remote alias would reach it,
+    // and be counted, rather than fail to resolve.
+    let client = |extra: &str| {
+        client_toml(
+            "mtls",
+            &format!(
+                "issuer = {}\nclient_id = \"mtls-bot\"\nauth_method = \"tls_client_auth\"\n\
+                 tls_cert_file = {}\ntls_key_file = {}\nproxy = {}\n{extra}",
+                quoted(&idp.issuer()),
+                path(&pki.client_cert),
+                path(&pki.client_key),
+                quoted(&idp.issuer()),
+            ),
+        )
+    };
+    let config = harness.write("bearerd.toml", &client(""));
+    let output = fail_at_runtime(bearerd(
+        &harness,
+        &config,
+        &["run", "--once", "--deadline", "30s"],
+    ));
+    let stderr = text(&output.stderr);
+    let message = format!(
+        "discovered mtls_endpoint_aliases.token_endpoint: expected an https URL (plain http is \
+         allowed only for loopback hosts, or with allow_insecure_http = true), found {alias}"
+    );
+    assert!(
+        stderr.contains(&message),
+        "expected {message:?} in:\n{stderr}"
+    );
+    assert!(stderr.contains("will not heal"), "{stderr}");
+    assert_eq!(idp.token_request_count(), 0, "nothing posted to the alias");
+
+    // With allow_insecure_http the alias is used, so the request would have been seen (the
+    // endpoint refuses it: it knows no tls_client_auth).
+    let config = harness.write("bearerd.toml", &client("allow_insecure_http = true"));
+    bearerd(&harness, &config, &["run", "--once"])
+        .output()
+        .expect("run bearerd");
+    let posted: Vec<_> = idp
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == "POST")
+        .collect();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].header("host"), Some("mtls.example"));
 }
