@@ -1232,15 +1232,163 @@ pub fn display_url(url: &Url) -> String {
     shown.to_string()
 }
 
-/// A failed send: connection trouble is transient and marks the endpoint unreachable.
+/// A failed send: connection trouble is transient and marks the endpoint unreachable; a
+/// server certificate that cannot be trusted is permanent, since retrying cannot change it.
 fn request_failed(what: &str, error: reqwest::Error) -> FetchError {
     let endpoint_unreachable = error.is_connect();
+    let host = error
+        .url()
+        .and_then(Url::host_str)
+        .unwrap_or("the server")
+        .to_owned();
+    if let Some(problem) = tls_error(&error).and_then(|tls| certificate_problem(&host, tls)) {
+        return FetchError::Permanent {
+            message: format!("{what}: {problem}"),
+            endpoint_unreachable,
+        };
+    }
     let message = format!("{what}: {}", cause(error));
     FetchError::Transient {
         message,
         retry_after: None,
         endpoint_unreachable,
     }
+}
+
+/// The rustls error somewhere in `error`'s sources. An `io::Error` reports the source of the
+/// error it wraps, not that error (here an io::Error wrapping an io::Error wrapping rustls's),
+/// so each one is unwrapped by hand.
+fn tls_error(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next = error.source();
+    while let Some(current) = next {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner),
+            None => current.source(),
+        };
+    }
+    None
+}
+
+/// What is wrong with the certificate `host` presented, in words a person can act on; `None`
+/// when `error` is not about the server's certificate.
+fn certificate_problem(host: &str, error: &rustls::Error) -> Option<String> {
+    use rustls::CertificateError as E;
+    let rustls::Error::InvalidCertificate(error) = error else {
+        return None;
+    };
+    let subject = format!("the server certificate for {host}");
+    Some(match error {
+        E::UnknownIssuer => format!(
+            "{subject} is not signed by a trusted CA; set ca_file to the PEM file of the CA \
+             that signed it (ca_file is trusted besides the system's CAs)"
+        ),
+        E::Other(other)
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            format!(
+                "{subject} is a CA certificate, not a server certificate (a self-signed one \
+                 from `openssl req -x509` is a CA by default); have the server present a \
+                 certificate its CA signed, and give ca_file the CA that signed the server's \
+                 own certificate"
+            )
+        }
+        E::NotValidForNameContext { presented, .. } if !presented.is_empty() => format!(
+            "{subject} is for other names ({}); use one of them in the URL, or have the \
+             server present a certificate for {host}",
+            presented_names(presented)
+        ),
+        E::NotValidForNameContext { .. } => format!(
+            "{subject} names no host in its subjectAltName (its common name alone does not \
+             count); have the server present a certificate whose subjectAltName has {host}"
+        ),
+        E::NotValidForName => format!(
+            "{subject} is for other names; use one of them in the URL, or have the server \
+             present a certificate for {host}"
+        ),
+        E::ExpiredContext { time, not_after } => format!(
+            "{subject} expired on {} (this machine's clock reads {}); the server must renew it",
+            unix_time(*not_after),
+            unix_time(*time)
+        ),
+        E::Expired => format!("{subject} has expired; the server must renew it"),
+        E::NotValidYetContext { time, not_before } => format!(
+            "{subject} is not valid until {} (this machine's clock reads {}); check this \
+             machine's clock, or have the server present a certificate valid now",
+            unix_time(*not_before),
+            unix_time(*time)
+        ),
+        E::NotValidYet => format!(
+            "{subject} is not valid yet; check this machine's clock, or have the server \
+             present a certificate valid now"
+        ),
+        E::Revoked => format!("{subject} has been revoked; the server must replace it"),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => format!(
+            "{subject} is not for TLS servers (its extended key usage lacks serverAuth); the \
+             server must present a server certificate"
+        ),
+        E::BadSignature => format!(
+            "{subject} does not carry a valid signature of its issuer; the server's chain is \
+             broken, or ca_file holds another CA with the same name"
+        ),
+        E::BadEncoding => format!("{subject} is malformed (it is not valid DER)"),
+        other => format!(
+            "{subject} was refused: {}",
+            excerpt(other.to_string().as_bytes())
+        ),
+    })
+}
+
+/// Subject names from a certificate (webpki writes them as `DnsName("a.example")` and
+/// `IpAddress(10.0.0.1)`), plain, few and printable: the server chose them.
+fn presented_names(presented: &[String]) -> String {
+    const SHOWN: usize = 5;
+    const CHARS: usize = 64;
+    let mut names: Vec<String> = presented
+        .iter()
+        .take(SHOWN)
+        .map(|name| {
+            let plain = name
+                .strip_prefix("DnsName(\"")
+                .and_then(|rest| rest.strip_suffix("\")"))
+                .or_else(|| {
+                    name.strip_prefix("IpAddress(")
+                        .and_then(|rest| rest.strip_suffix(')'))
+                })
+                .unwrap_or(name);
+            let mut shown: String = plain
+                .chars()
+                .take(CHARS)
+                .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                .collect();
+            if plain.chars().nth(CHARS).is_some() {
+                shown.push('…');
+            }
+            shown
+        })
+        .collect();
+    if presented.len() > SHOWN {
+        names.push(format!("and {} more", presented.len() - SHOWN));
+    }
+    names.join(", ")
+}
+
+/// RFC 3339 in UTC, as far as humantime can print it (up to the year 9999).
+fn unix_time(time: rustls_pki_types::UnixTime) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    let seconds = time.as_secs();
+    if seconds >= YEAR_10000 {
+        return format!("unix time {seconds}");
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
 }
 
 /// The useful part of a reqwest error: the innermost cause, with common I/O errors named
@@ -2172,6 +2320,88 @@ Gq7fTDwMLg==\n\
             ..TlsSettings::default()
         };
         http_client(timeout, &proxied).expect("client with proxy");
+    }
+
+    #[test]
+    fn certificate_errors_are_explained_and_other_tls_errors_are_not() {
+        use rustls::CertificateError as E;
+        use rustls_pki_types::{ServerName, UnixTime};
+        let at = |seconds: u64| UnixTime::since_unix_epoch(Duration::from_secs(seconds));
+        let explain = |error: E| {
+            certificate_problem("idp.example", &rustls::Error::InvalidCertificate(error))
+                .expect("a certificate problem")
+        };
+        let subject = "the server certificate for idp.example";
+        assert_eq!(
+            explain(E::ExpiredContext {
+                time: at(1_700_000_000),
+                not_after: at(1_600_000_000),
+            }),
+            format!(
+                "{subject} expired on 2020-09-13T12:26:40Z (this machine's clock reads \
+                 2023-11-14T22:13:20Z); the server must renew it"
+            )
+        );
+        assert!(explain(E::Expired).ends_with("has expired; the server must renew it"));
+        assert!(
+            explain(E::NotValidYetContext {
+                time: at(1_600_000_000),
+                not_before: at(u64::MAX),
+            })
+            .starts_with(&format!(
+                "{subject} is not valid until unix time {} (this machine's clock reads \
+                 2020-09-13T12:26:40Z)",
+                u64::MAX
+            ))
+        );
+        assert!(explain(E::NotValidYet).contains("is not valid yet; check this machine's clock"));
+        assert!(explain(E::Revoked).ends_with("has been revoked; the server must replace it"));
+        assert!(explain(E::UnknownIssuer).contains("is not signed by a trusted CA; set ca_file"));
+        let ca = E::Other(rustls::OtherError(std::sync::Arc::new(
+            webpki::Error::CaUsedAsEndEntity,
+        )));
+        assert!(explain(ca).contains("is a CA certificate, not a server certificate"));
+        let odd = E::Other(rustls::OtherError(std::sync::Arc::new(
+            webpki::Error::EndEntityUsedAsCa,
+        )));
+        assert!(explain(odd).starts_with(&format!("{subject} was refused: ")));
+
+        // The names come from the server: plain, printable, few and short.
+        let expected = ServerName::try_from("idp.example").expect("name");
+        let mut presented = vec![
+            "DnsName(\"a.example\")".to_owned(),
+            "IpAddress(10.0.0.1)".to_owned(),
+            "DnsName(\"evil\nline\u{202e}\")".to_owned(),
+            format!("DnsName(\"{}\")", "x".repeat(300)),
+        ];
+        presented.extend((0..4).map(|n| format!("DnsName(\"{n}.example\")")));
+        let message = explain(E::NotValidForNameContext {
+            expected: expected.clone(),
+            presented,
+        });
+        let long = format!("{}…", "x".repeat(64));
+        assert_eq!(
+            message,
+            format!(
+                "{subject} is for other names (a.example, 10.0.0.1, evil?line?, {long}, \
+                 0.example, and 3 more); use one of them in the URL, or have the server \
+                 present a certificate for idp.example"
+            )
+        );
+        assert!(
+            explain(E::NotValidForNameContext {
+                expected,
+                presented: Vec::new(),
+            })
+            .contains("names no host in its subjectAltName")
+        );
+
+        for other in [
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+            rustls::Error::General("x".into()),
+        ] {
+            assert_eq!(certificate_problem("idp.example", &other), None);
+        }
     }
 
     #[test]

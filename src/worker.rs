@@ -114,13 +114,7 @@ impl Session {
                     Some(discovery) => discovery.clone(),
                     None => {
                         let discovery = oauth::discover(&http, issuer).await?;
-                        crate::config::check_url_scheme(
-                            &discovery.token_endpoint,
-                            spec.allow_insecure_http,
-                        )
-                        .map_err(|message| {
-                            FetchError::permanent(format!("discovered token_endpoint: {message}"))
-                        })?;
+                        check_discovered_urls(&spec, &discovery)?;
                         self.discovery = Some(discovery.clone());
                         discovery
                     }
@@ -151,6 +145,21 @@ impl Session {
         }
         result
     }
+}
+
+/// A discovered URL this client will post to must pass the check a configured `token_url`
+/// passes: `https`, unless loopback or `allow_insecure_http`. The mTLS alias is used (and so
+/// checked) only by `tls_client_auth` clients.
+fn check_discovered_urls(spec: &ClientSpec, discovery: &Discovery) -> Result<(), FetchError> {
+    let mut used = vec![("token_endpoint", &discovery.token_endpoint)];
+    if let (Auth::TlsClientAuth, Some(alias)) = (&spec.auth, &discovery.mtls_token_endpoint) {
+        used.push(("mtls_endpoint_aliases.token_endpoint", alias));
+    }
+    for (name, url) in used {
+        crate::config::check_url_scheme(url, spec.allow_insecure_http)
+            .map_err(|message| FetchError::permanent(format!("discovered {name}: {message}")))?;
+    }
+    Ok(())
 }
 
 /// The credentials for one request; a secret file is re-read so rotation needs no reload.

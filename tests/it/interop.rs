@@ -6,7 +6,7 @@
 //! a server that cannot start fails the test, never skips it.
 
 mod dot;
-mod pki;
+pub mod pki;
 mod proxy;
 mod rotation;
 mod templates;

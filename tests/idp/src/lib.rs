@@ -63,6 +63,9 @@ pub struct IdpSettings {
     pub default_lifetime: Duration,
     /// `token_endpoint_auth_methods_supported` in the discovery document.
     pub auth_methods: Vec<String>,
+    /// `mtls_endpoint_aliases.token_endpoint` in the discovery document, when set (RFC 8705
+    /// §5). Nothing is served there: it is announced only.
+    pub mtls_token_endpoint: Option<String>,
 }
 
 impl Default for IdpSettings {
@@ -76,6 +79,7 @@ impl Default for IdpSettings {
                 "client_secret_post".to_owned(),
                 "private_key_jwt".to_owned(),
             ],
+            mtls_token_endpoint: None,
         }
     }
 }
@@ -426,12 +430,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
 }
 
 fn discovery_document(shared: &Shared) -> Value {
-    json!({
+    let mut document = json!({
         "issuer": shared.issuer,
         "token_endpoint": shared.token_url,
         "token_endpoint_auth_methods_supported": shared.settings.auth_methods,
         "grant_types_supported": ["client_credentials"],
-    })
+    });
+    if let Some(alias) = &shared.settings.mtls_token_endpoint {
+        document["mtls_endpoint_aliases"] = json!({ "token_endpoint": alias });
+    }
+    document
 }
 
 /// What a normal answer to a token request would be.

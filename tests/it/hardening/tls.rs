@@ -1,1 +1,437 @@
-//! Hardening: tls.
+//! Hardening: TLS. A server certificate bearerd cannot trust is a permanent failure named in
+//! plain words, against real TLS servers on loopback with certificates `openssl` makes here;
+//! and a discovered mTLS alias must be `https` as a discovered token endpoint must.
+//! The servers here only shake hands and hand out one fixed token: they check no credentials.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bearerd::idp::IdpSettings;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::harness::{Daemon, Harness, TestIdp, text, wait_until};
+use crate::interop::pki::{self, Pki};
+use crate::interop::{bearerd, client_toml, fail_at_runtime, quoted, succeed};
+
+/// What the test server issues to every request that gets through the handshake.
+const TOKEN: &str = "tls-ok";
+
+/// A TLS server on 127.0.0.1 presenting one certificate chain. It counts connections (each is
+/// one attempt of bearerd's) and answers any request with a token.
+struct TlsServer {
+    token_url: String,
+    address: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsServer {
+    fn start(cert: &Path, key: &Path) -> TlsServer {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("server certificate")
+            .collect::<Result<_, _>>()
+            .expect("server certificate PEM");
+        let key = PrivateKeyDer::from_pem_file(key).expect("server key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server TLS config");
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the TLS server");
+        let address = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counted, stopped) = (Arc::clone(&connections), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let config = Arc::clone(&config);
+                std::thread::spawn(move || serve(config, stream));
+            }
+        });
+        TlsServer {
+            token_url: format!("https://{address}/token"),
+            address,
+            connections,
+            stop,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.address);
+    }
+}
+
+/// One connection: the handshake (where a refused certificate ends it), one request read to
+/// the end of its body, one token.
+fn serve(config: Arc<rustls::ServerConfig>, stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(connection) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut reader = BufReader::new(rustls::StreamOwned::new(connection, stream));
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let answer = format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer","expires_in":300}}"#);
+    let mut tls = reader.into_inner();
+    let _ = write!(
+        tls,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+/// A P-256 key at `dir/NAME.key` and a certificate for it at `dir/NAME.pem`, made by
+/// `openssl req -x509` with `args` (the subject, the issuer, extensions).
+fn certificate(dir: &Path, name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
+    let key = pki::ec_key(dir, &format!("{name}.key"));
+    let cert = format!("{name}.pem");
+    let key_arg = format!("{name}.key");
+    let mut all = vec!["req", "-x509", "-new", "-key", &key_arg, "-days", "1"];
+    all.extend(args);
+    all.extend(["-out", &cert]);
+    pki::openssl(dir, &all);
+    (dir.join(cert), key)
+}
+
+/// A server certificate for 127.0.0.1 signed by the test CA, valid from `start` to `end`
+/// (`YYYYMMDDHHMMSSZ`): `openssl ca` is OpenSSL 3.0's way to set both dates.
+fn dated_certificate(dir: &Path, name: &str, start: &str, end: &str) -> (PathBuf, PathBuf) {
+    let key = pki::ec_key(dir, &format!("{name}.key"));
+    let (key_arg, csr, cert) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    pki::openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key_arg,
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-out",
+            &csr,
+        ],
+    );
+    let database = format!("{name}.index");
+    std::fs::write(dir.join(&database), "").expect("write the CA database");
+    let config = format!(
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = {database}\nnew_certs_dir = .\n\
+         serial = {name}.serial\ndefault_md = sha256\npolicy = any\ncopy_extensions = copy\n\
+         unique_subject = no\n[any]\ncommonName = supplied\n"
+    );
+    std::fs::write(dir.join(format!("{name}.cnf")), config).expect("write the CA config");
+    std::fs::write(dir.join(format!("{name}.serial")), "01\n").expect("write the serial");
+    pki::openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            &format!("{name}.cnf"),
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            &csr,
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-out",
+            &cert,
+        ],
+    );
+    (dir.join(cert), key)
+}
+
+fn path(path: &Path) -> String {
+    quoted(path.to_str().expect("UTF-8 path"))
+}
+
+/// `bearerd.toml` with `[agent] backoff_max` and one client `api` posting to `token_url`.
+fn config(
+    harness: &Harness,
+    token_url: &str,
+    ca_file: Option<&Path>,
+    backoff_max: &str,
+) -> PathBuf {
+    let mut settings = format!(
+        "token_url = {}\nclient_id = \"bot\"\nclient_secret = \"s\"",
+        quoted(token_url)
+    );
+    if let Some(ca_file) = ca_file {
+        settings.push_str(&format!("\nca_file = {}", path(ca_file)));
+    }
+    let agent = format!("[agent]\nbackoff_min = \"50ms\"\nbackoff_max = \"{backoff_max}\"\n\n");
+    harness.write("bearerd.toml", &(agent + &client_toml("api", &settings)))
+}
+
+/// `run --once` against `server` fails with `expected` after one attempt, logged as permanent,
+/// although the deadline would allow many.
+fn fails_at_once(harness: &Harness, server: &TlsServer, ca_file: Option<&Path>, expected: &str) {
+    let config = config(harness, &server.token_url, ca_file, "100ms");
+    let output = fail_at_runtime(bearerd(
+        harness,
+        &config,
+        &["run", "--once", "--deadline", "30s"],
+    ));
+    let stderr = text(&output.stderr);
+    let message = format!("token endpoint {}: {expected}", server.token_url);
+    assert!(
+        stderr.contains(&message),
+        "expected {message:?} in:\n{stderr}"
+    );
+    assert!(stderr.contains("will not heal"), "{stderr}");
+    assert!(
+        !stderr.contains("rustls") && !stderr.contains("Other("),
+        "{stderr}"
+    );
+    assert_eq!(server.connections(), 1, "one attempt only:\n{stderr}");
+}
+
+#[test]
+fn a_self_signed_ca_as_the_server_certificate_fails_at_once_in_plain_words() {
+    let harness = Harness::new();
+    let dir = harness.dir.path();
+    // What `openssl req -x509` makes by default: a self-signed CA, here given as its own CA.
+    let (cert, key) = certificate(
+        dir,
+        "self",
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ],
+    );
+    let server = TlsServer::start(&cert, &key);
+    fails_at_once(
+        &harness,
+        &server,
+        Some(&cert),
+        "the server certificate for 127.0.0.1 is a CA certificate, not a server certificate \
+         (a self-signed one from `openssl req -x509` is a CA by default); have the server \
+         present a certificate its CA signed, and give ca_file the CA that signed the \
+         server's own certificate",
+    );
+}
+
+#[test]
+fn an_unknown_issuer_fails_at_once_in_plain_words() {
+    let harness = Harness::new();
+    let pki = Pki::create(harness.dir.path());
+    let server = TlsServer::start(&pki.server_cert, &pki.server_key);
+    fails_at_once(
+        &harness,
+        &server,
+        None,
+        "the server certificate for 127.0.0.1 is not signed by a trusted CA; set ca_file to \
+         the PEM file of the CA that signed it (ca_file is trusted besides the system's CAs)",
+    );
+}
+
+#[test]
+fn a_certificate_for_another_name_fails_at_once_naming_its_names() {
+    let harness = Harness::new();
+    let dir = harness.dir.path();
+    Pki::create(dir);
+    let (cert, key) = certificate(
+        dir,
+        "other",
+        &[
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=DNS:other.example,IP:10.1.2.3",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+    let server = TlsServer::start(&cert, &key);
+    fails_at_once(
+        &harness,
+        &server,
+        Some(&dir.join("ca.pem")),
+        "the server certificate for 127.0.0.1 is for other names (other.example, 10.1.2.3); \
+         use one of them in the URL, or have the server present a certificate for 127.0.0.1",
+    );
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_fails_at_once_with_its_dates() {
+    let harness = Harness::new();
+    let dir = harness.dir.path();
+    Pki::create(dir);
+    let ca = dir.join("ca.pem");
+    let (cert, key) = dated_certificate(dir, "expired", "20200101000000Z", "20200102000000Z");
+    let server = TlsServer::start(&cert, &key);
+    fails_at_once(
+        &harness,
+        &server,
+        Some(&ca),
+        "the server certificate for 127.0.0.1 expired on 2020-01-02T00:00:00Z (this machine's \
+         clock reads ",
+    );
+    let (cert, key) = dated_certificate(dir, "future", "20990101000000Z", "20990102000000Z");
+    let server = TlsServer::start(&cert, &key);
+    fails_at_once(
+        &harness,
+        &server,
+        Some(&ca),
+        "the server certificate for 127.0.0.1 is not valid until 2099-01-01T00:00:00Z",
+    );
+}
+
+#[test]
+fn a_correct_chain_still_gets_a_token() {
+    let harness = Harness::new();
+    let pki = Pki::create(harness.dir.path());
+    let server = TlsServer::start(&pki.server_cert, &pki.server_key);
+    let config = config(&harness, &server.token_url, Some(&pki.ca_cert), "100ms");
+    succeed(bearerd(&harness, &config, &["run", "--once"]), String::new);
+    assert_eq!(harness.read("api.token"), TOKEN);
+}
+
+#[test]
+fn the_daemon_retries_a_refused_certificate_at_backoff_max_and_warns_once() {
+    let harness = Harness::new();
+    let pki = Pki::create(harness.dir.path());
+    let server = TlsServer::start(&pki.server_cert, &pki.server_key);
+    let config = config(&harness, &server.token_url, None, "2s");
+    let daemon = Daemon::start_with(bearerd(&harness, &config, &["run"]));
+    assert!(
+        wait_until(Duration::from_secs(60), || server.connections() >= 3),
+        "no retries; log:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("token request failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "logged once:\n{log}");
+    assert!(failures[0].contains("will not heal"), "{log}");
+    assert!(
+        failures[0].contains("retry_in=2s"),
+        "at backoff_max:\n{log}"
+    );
+    assert!(
+        failures[0].contains("is not signed by a trusted CA"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_plain_http_mtls_alias_in_discovery_is_refused_and_never_posted_to() {
+    let harness = Harness::new();
+    let pki = Pki::create(harness.dir.path());
+    let alias = "http://mtls.example/oauth/token";
+    let idp = TestIdp::start(IdpSettings {
+        accept_unknown_clients: true,
+        mtls_token_endpoint: Some(alias.to_owned()),
+        ..IdpSettings::default()
+    });
+    // The endpoint is the client's proxy too: a request for the remote alias would reach it,
+    // and be counted, rather than fail to resolve.
+    let client = |extra: &str| {
+        client_toml(
+            "mtls",
+            &format!(
+                "issuer = {}\nclient_id = \"mtls-bot\"\nauth_method = \"tls_client_auth\"\n\
+                 tls_cert_file = {}\ntls_key_file = {}\nproxy = {}\n{extra}",
+                quoted(&idp.issuer()),
+                path(&pki.client_cert),
+                path(&pki.client_key),
+                quoted(&idp.issuer()),
+            ),
+        )
+    };
+    let config = harness.write("bearerd.toml", &client(""));
+    let output = fail_at_runtime(bearerd(
+        &harness,
+        &config,
+        &["run", "--once", "--deadline", "30s"],
+    ));
+    let stderr = text(&output.stderr);
+    let message = format!(
+        "discovered mtls_endpoint_aliases.token_endpoint: expected an https URL (plain http is \
+         allowed only for loopback hosts, or with allow_insecure_http = true), found {alias}"
+    );
+    assert!(
+        stderr.contains(&message),
+        "expected {message:?} in:\n{stderr}"
+    );
+    assert!(stderr.contains("will not heal"), "{stderr}");
+    assert_eq!(idp.token_request_count(), 0, "nothing posted to the alias");
+
+    // With allow_insecure_http the alias is used, so the request would have been seen (the
+    // endpoint refuses it: it knows no tls_client_auth).
+    let config = harness.write("bearerd.toml", &client("allow_insecure_http = true"));
+    bearerd(&harness, &config, &["run", "--once"])
+        .output()
+        .expect("run bearerd");
+    let posted: Vec<_> = idp
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == "POST")
+        .collect();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].header("host"), Some("mtls.example"));
+}

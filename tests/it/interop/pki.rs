@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 pub const CLIENT_SUBJECT: &str = "CN=bearerd-client";
 
 /// Runs `openssl ARGS` in `dir`; panics with its stderr when it fails or is missing.
-fn openssl(dir: &Path, args: &[&str]) {
+pub fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(dir)
