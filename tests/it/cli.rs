@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use bearerd_idp::{Fault, IdpSettings};
 
-use crate::harness::{Harness, TestIdp, text};
+use crate::harness::{Client, Config, Harness, TestIdp, text};
 
 const LIFETIME: Duration = Duration::from_secs(300);
 
@@ -18,43 +18,33 @@ fn idp() -> TestIdp {
     idp
 }
 
-fn two_clients(idp: &TestIdp) -> String {
-    format!(
-        r#"
-[agent]
-backoff_min = "50ms"
-backoff_max = "200ms"
+fn two_clients(idp: &TestIdp) -> Config {
+    let url = idp.token_url();
+    Config::new()
+        .backoff("50ms", "200ms")
+        .client(
+            Client::new("tasklist")
+                .token_url(&url)
+                .client_id("tasklist-bot")
+                .secret("${TASKLIST_SECRET}")
+                .auth_method("client_secret_json")
+                .audience("tasklist.camunda.io")
+                .output("out/tasklist.token")
+                .output_with("out/tasklist.env", &["format = \"env\"", "mode = \"0640\""]),
+        )
+        .client(
+            Client::new("reports")
+                .token_url(&url)
+                .client_id("reports-bot")
+                .secret("reports-secret")
+                .output_as("out/reports.header", "header")
+                .output_as("out/reports.json", "json"),
+        )
+}
 
-[clients.tasklist]
-token_url = "{url}"
-client_id = "tasklist-bot"
-client_secret = "${{TASKLIST_SECRET}}"
-auth_method = "client_secret_json"
-audience = "tasklist.camunda.io"
-
-[[clients.tasklist.output]]
-path = "out/tasklist.token"
-
-[[clients.tasklist.output]]
-path = "out/tasklist.env"
-format = "env"
-mode = "0640"
-
-[clients.reports]
-token_url = "{url}"
-client_id = "reports-bot"
-client_secret = "reports-secret"
-
-[[clients.reports.output]]
-path = "out/reports.header"
-format = "header"
-
-[[clients.reports.output]]
-path = "out/reports.json"
-format = "json"
-"#,
-        url = idp.token_url()
-    )
+/// [`two_clients`] with tasklist's secret written in instead of `${TASKLIST_SECRET}`.
+fn two_clients_with(idp: &TestIdp, tasklist_secret: &str) -> Config {
+    two_clients(idp).edit("tasklist", |tasklist| tasklist.secret(tasklist_secret))
 }
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -69,7 +59,7 @@ fn mode(path: &std::path::Path) -> u32 {
 fn run_once_writes_every_output_of_every_client() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write("bearerd.toml", &two_clients(&idp));
+    harness.write_config(&two_clients(&idp));
     let output = harness
         .command(&["run", "--once"])
         .env("TASKLIST_SECRET", "tasklist-secret")
@@ -135,10 +125,7 @@ fn run_once_writes_every_output_of_every_client() {
 fn run_once_again_reuses_still_valid_tokens_without_a_request() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &two_clients(&idp).replace("${TASKLIST_SECRET}", "tasklist-secret"),
-    );
+    harness.write_config(&two_clients_with(&idp, "tasklist-secret"));
     assert!(harness.run(&["run", "--once"]).status.success());
     let first = harness.read("out/tasklist.token");
     assert_eq!(idp.token_request_count(), 2);
@@ -156,22 +143,17 @@ fn run_once_again_reuses_still_valid_tokens_without_a_request() {
 const HARD_ID: &str = "id with+/%:&=";
 const HARD_SECRET: &str = "s3cr3t +/%:&= x";
 
-fn wire_config(idp: &TestIdp, method: &str) -> String {
-    format!(
-        r#"
-[clients.api]
-token_url = "{url}"
-client_id = "{HARD_ID}"
-client_secret = "{HARD_SECRET}"
-auth_method = "{method}"
-audience = "api.example.com"
-scope = "tasks:read tasks:write"
-extra_params = {{ resource = "https://api.example.com/v1" }}
-
-[[clients.api.output]]
-path = "api.token"
-"#,
-        url = idp.token_url()
+fn wire_config(idp: &TestIdp, method: &str) -> Config {
+    Config::new().client(
+        Client::new("api")
+            .token_url(&idp.token_url())
+            .client_id(HARD_ID)
+            .secret(HARD_SECRET)
+            .auth_method(method)
+            .audience("api.example.com")
+            .scope("tasks:read tasks:write")
+            .extra_params(&[("resource", "https://api.example.com/v1")])
+            .output("api.token"),
     )
 }
 
@@ -184,7 +166,7 @@ fn client_secret_basic_encodes_id_and_secret_before_base64() {
     let idp = TestIdp::start(IdpSettings::default());
     idp.add_client(HARD_ID, HARD_SECRET, LIFETIME);
     let harness = Harness::new();
-    harness.write("bearerd.toml", &wire_config(&idp, "client_secret_basic"));
+    harness.write_config(&wire_config(&idp, "client_secret_basic"));
     let output = harness.run(&["token", "api"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
 
@@ -222,7 +204,7 @@ fn client_secret_post_sends_id_and_secret_in_the_form() {
     let idp = TestIdp::start(IdpSettings::default());
     idp.add_client(HARD_ID, HARD_SECRET, LIFETIME);
     let harness = Harness::new();
-    harness.write("bearerd.toml", &wire_config(&idp, "client_secret_post"));
+    harness.write_config(&wire_config(&idp, "client_secret_post"));
     let output = harness.run(&["token", "api"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
 
@@ -249,7 +231,7 @@ fn client_secret_json_sends_one_json_object() {
     let idp = TestIdp::start(IdpSettings::default());
     idp.add_client(HARD_ID, HARD_SECRET, LIFETIME);
     let harness = Harness::new();
-    harness.write("bearerd.toml", &wire_config(&idp, "client_secret_json"));
+    harness.write_config(&wire_config(&idp, "client_secret_json"));
     let output = harness.run(&["token", "api"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
 
@@ -274,10 +256,7 @@ fn client_secret_json_sends_one_json_object() {
 fn token_prints_the_bare_token_and_nothing_else() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &two_clients(&idp).replace("${TASKLIST_SECRET}", "x"),
-    );
+    harness.write_config(&two_clients_with(&idp, "x"));
     let output = harness.run(&["token", "reports"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let token = text(&output.stdout);
@@ -304,7 +283,7 @@ fn token_prints_the_bare_token_and_nothing_else() {
 fn check_describes_each_client_without_secrets() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write("bearerd.toml", &two_clients(&idp));
+    harness.write_config(&two_clients(&idp));
     let output = harness
         .command(&["check"])
         .env("TASKLIST_SECRET", "tasklist-secret")
@@ -352,22 +331,13 @@ fn usage_errors_exit_2_and_version_prints() {
     assert!(text(&missing.stderr).contains("cannot read config file"));
 }
 
-fn one_client(idp: &TestIdp) -> String {
-    format!(
-        r#"
-[agent]
-backoff_min = "50ms"
-backoff_max = "100ms"
-
-[clients.api]
-token_url = "{url}"
-client_id = "tasklist-bot"
-client_secret = "tasklist-secret"
-
-[[clients.api.output]]
-path = "api.token"
-"#,
-        url = idp.token_url()
+fn one_client(idp: &TestIdp) -> Config {
+    Config::new().backoff("50ms", "100ms").client(
+        Client::new("api")
+            .token_url(&idp.token_url())
+            .client_id("tasklist-bot")
+            .secret("tasklist-secret")
+            .output("api.token"),
     )
 }
 
@@ -417,7 +387,7 @@ fn bad_responses_fail_clearly_and_keep_the_previous_file() {
         let idp = idp();
         idp.set_fault(fault);
         let harness = Harness::new();
-        harness.write("bearerd.toml", &one_client(&idp));
+        harness.write_config(&one_client(&idp));
         let previous = harness.write("api.token", "previous-good-token");
         let output = harness.run(&["run", "--once", "--deadline", "1s"]);
         let stderr = text(&output.stderr);
@@ -448,10 +418,7 @@ fn bad_responses_fail_clearly_and_keep_the_previous_file() {
 fn permanent_errors_fail_at_once_and_transient_ones_are_ridden_out() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &one_client(&idp).replace("tasklist-secret\"", "wrong-secret\""),
-    );
+    harness.write_config(&one_client(&idp).edit("api", |api| api.secret("wrong-secret")));
     let output = harness.run(&["run", "--once", "--deadline", "30s"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -476,7 +443,7 @@ fn permanent_errors_fail_at_once_and_transient_ones_are_ridden_out() {
         2,
     );
     let harness = Harness::new();
-    harness.write("bearerd.toml", &one_client(&idp));
+    harness.write_config(&one_client(&idp));
     let output = harness.run(&["run", "--once", "--deadline", "20s"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(idp.token_request_count(), 3, "two failures, then success");
@@ -487,10 +454,9 @@ fn permanent_errors_fail_at_once_and_transient_ones_are_ridden_out() {
 fn run_once_names_every_failed_client() {
     let idp = idp();
     let harness = Harness::new();
-    let config = two_clients(&idp)
-        .replace("${TASKLIST_SECRET}", "bad")
-        .replace("reports-secret", "also-bad");
-    harness.write("bearerd.toml", &config);
+    let config =
+        two_clients_with(&idp, "bad").edit("reports", |reports| reports.secret("also-bad"));
+    harness.write_config(&config);
     let output = harness.run(&["run", "--once"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
@@ -504,8 +470,7 @@ fn run_once_names_every_failed_client() {
 fn json_logs_are_one_object_per_line_and_name_the_client() {
     let idp = idp();
     let harness = Harness::new();
-    let config = one_client(&idp).replace("[agent]", "[agent]\nlog_format = \"json\"");
-    harness.write("bearerd.toml", &config);
+    harness.write_config(&one_client(&idp).log_format("json"));
     let output = harness.run(&["run", "--once"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);
@@ -528,13 +493,9 @@ fn a_config_or_secret_file_readable_by_everyone_is_warned_about() {
     let idp = idp();
     let harness = Harness::new();
     let secret = harness.write("api.secret", "tasklist-secret\n");
-    let config = harness.write(
-        "bearerd.toml",
-        &one_client(&idp).replace(
-            "client_secret = \"tasklist-secret\"",
-            "client_secret_file = \"api.secret\"",
-        ),
-    );
+    let config = harness.write_config(&one_client(&idp).edit("api", |api| {
+        api.without("client_secret").secret_file("api.secret")
+    }));
     let set_mode = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     };
@@ -558,7 +519,7 @@ fn a_config_or_secret_file_readable_by_everyone_is_warned_about() {
 fn the_config_path_comes_from_bearerd_config_when_c_is_absent() {
     let idp = idp();
     let harness = Harness::new();
-    let path = harness.write("elsewhere.toml", &one_client(&idp));
+    let path = harness.write("elsewhere.toml", &one_client(&idp).to_string());
     let output = std::process::Command::new(crate::harness::BEARERD)
         .arg("check")
         .env("BEARERD_CONFIG", &path)

@@ -3,7 +3,6 @@
 //! start no temporary file is left. Nothing here depends on timing: the kills are random,
 //! and what is checked is every single read.
 
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use bearerd_idp::IdpSettings;
 use rand::{Rng, SeedableRng};
 
 use crate::faults::temporary_files;
-use crate::harness::{Daemon, Harness, TestIdp, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, wait_until};
 
 const OUTPUTS: [&str; 4] = [
     "out/api.token",
@@ -22,34 +21,16 @@ const OUTPUTS: [&str; 4] = [
     "out/api.json",
 ];
 
-fn config(idp: &TestIdp) -> String {
-    format!(
-        r#"
-[agent]
-backoff_min = "50ms"
-backoff_max = "200ms"
-
-[clients.api]
-token_url = "{url}"
-client_id = "api"
-client_secret = "api-secret"
-
-[[clients.api.output]]
-path = "out/api.token"
-
-[[clients.api.output]]
-path = "out/api.env"
-format = "env"
-
-[[clients.api.output]]
-path = "out/api.header"
-format = "header"
-
-[[clients.api.output]]
-path = "out/api.json"
-format = "json"
-"#,
-        url = idp.token_url()
+fn config(idp: &TestIdp) -> Config {
+    Config::new().backoff("50ms", "200ms").client(
+        Client::new("api")
+            .token_url(&idp.token_url())
+            .client_id("api")
+            .secret("api-secret")
+            .output("out/api.token")
+            .output_as("out/api.env", "env")
+            .output_as("out/api.header", "header")
+            .output_as("out/api.json", "json"),
     )
 }
 
@@ -80,15 +61,6 @@ fn invalid(path: &str, contents: &[u8]) -> Option<String> {
     (!valid).then(|| format!("{path}: {text:?}"))
 }
 
-fn spawn(harness: &Harness) -> Child {
-    harness
-        .command(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn bearerd run")
-}
-
 /// 1-second tokens, so a refresh (four file writes) happens every ~0.8 s and at most starts;
 /// 50 SIGKILLs at random moments (0–700 ms after each start) (seeded, so a failure can be replayed); a reader thread
 /// validates every read of every output. Files may not exist before the first write, but once
@@ -99,7 +71,7 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
     let idp = TestIdp::start(IdpSettings::default());
     idp.add_client("api", "api-secret", Duration::from_secs(1));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp));
+    harness.write_config(&config(&idp));
     let paths: Vec<_> = OUTPUTS.iter().map(|path| harness.path(path)).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -132,12 +104,11 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x0062_6561_7265_7264);
     let mut litter_seen = 0;
     for _ in 0..KILLS {
-        let mut child = spawn(&harness);
+        let daemon = Daemon::start(&harness);
         // Anywhere from before the first write to past a refresh.
         // The random moment itself is the point here, not a wait for something to happen.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..=700)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        daemon.kill();
         litter_seen += temporary_files(&harness.path("out")).len();
     }
     eprintln!("{litter_seen} temporary files found after kills (swept on the next start)");

@@ -6,26 +6,28 @@ use std::time::{Duration, Instant};
 use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
-use crate::harness::{Daemon, Harness, TestIdp, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, wait_until};
 
-fn config(idp: &TestIdp, clients: &[&str], extra_agent: &str) -> String {
-    let mut text =
-        format!("[agent]\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n{extra_agent}\n");
-    for name in clients {
-        text.push_str(&format!(
-            r#"
-[clients.{name}]
-token_url = "{url}"
-client_id = "{name}"
-client_secret = "{name}-secret"
+/// A client whose id is its name and whose secret is `NAME-secret`, writing `path`.
+fn client_writing(idp: &TestIdp, name: &str, path: &str) -> Client {
+    Client::new(name)
+        .token_url(&idp.token_url())
+        .client_id(name)
+        .secret(&format!("{name}-secret"))
+        .output(path)
+}
 
-[[clients.{name}.output]]
-path = "tokens/{name}.token"
-"#,
-            url = idp.token_url()
-        ));
-    }
-    text
+/// [`client_writing`] `tokens/NAME.token`.
+fn client(idp: &TestIdp, name: &str) -> Client {
+    client_writing(idp, name, &format!("tokens/{name}.token"))
+}
+
+fn config(idp: &TestIdp, clients: &[&str]) -> Config {
+    with_backoff(clients.iter().map(|name| client(idp, name)))
+}
+
+fn with_backoff(clients: impl IntoIterator<Item = Client>) -> Config {
+    Config::new().backoff("200ms", "1s").clients(clients)
 }
 
 fn idp_with(clients: &[&str], lifetime: Duration) -> TestIdp {
@@ -65,7 +67,7 @@ fn each_client_refreshes_on_schedule_and_no_more_often() {
     let clients = ["alpha", "beta"];
     let idp = idp_with(&clients, Duration::from_secs(2));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &clients, ""));
+    harness.write_config(&config(&idp, &clients));
     let daemon = Daemon::start(&harness);
     let started = Instant::now();
     for client in clients {
@@ -93,7 +95,7 @@ fn each_client_refreshes_on_schedule_and_no_more_often() {
 fn a_failing_endpoint_keeps_the_old_file_backs_off_and_recovers() {
     let idp = idp_with(&["api"], Duration::from_secs(2));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &["api"], ""));
+    harness.write_config(&config(&idp, &["api"]));
     let daemon = Daemon::start(&harness);
     let good = wait_for_change(&harness, "api", "", Duration::from_secs(5));
     idp.set_fault(Fault::Status {
@@ -147,7 +149,7 @@ fn retry_after_delays_the_next_request() {
         1,
     );
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &["api"], ""));
+    harness.write_config(&config(&idp, &["api"]));
     let _daemon = Daemon::start(&harness);
     wait_for_change(&harness, "api", "", Duration::from_secs(8));
     let times: Vec<_> = idp.requests().iter().map(|r| r.received_at).collect();
@@ -164,10 +166,12 @@ fn a_restart_reuses_valid_tokens_and_refetches_only_changed_clients() {
     let clients = ["alpha", "beta"];
     let idp = idp_with(&clients, Duration::from_secs(300));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &clients, ""));
+    harness.write_config(&config(&idp, &clients));
     let daemon = Daemon::start(&harness);
     let alpha = wait_for_change(&harness, "alpha", "", Duration::from_secs(5));
     let beta = wait_for_change(&harness, "beta", "", Duration::from_secs(5));
+    // The state a restart reuses is saved after the files are written, and logged after that.
+    daemon.wait_for("token refreshed", 2, Duration::from_secs(5));
     let (status, _) = daemon.terminate();
     assert!(status.success());
     assert_eq!(idp.token_request_count(), 2);
@@ -181,11 +185,7 @@ fn a_restart_reuses_valid_tokens_and_refetches_only_changed_clients() {
     assert_eq!(read(&harness, "alpha"), alpha);
 
     // beta's scope changes: only beta is fetched again.
-    let changed = config(&idp, &clients, "").replace(
-        "client_id = \"beta\"",
-        "client_id = \"beta\"\nscope = \"reports:read\"",
-    );
-    harness.write("bearerd.toml", &changed);
+    harness.write_config(&config(&idp, &clients).edit("beta", |beta| beta.scope("reports:read")));
     let daemon = Daemon::start(&harness);
     wait_for_change(&harness, "beta", &beta, Duration::from_secs(5));
     daemon.wait_for("reusing the saved token", 1, Duration::from_secs(5));
@@ -196,23 +196,20 @@ fn a_restart_reuses_valid_tokens_and_refetches_only_changed_clients() {
 }
 
 /// Starts a daemon with alpha and beta and waits for both tokens.
-fn reload_setup() -> (TestIdp, Harness, Daemon, String) {
+fn reload_setup() -> (TestIdp, Harness, Daemon, Config) {
     let clients = ["alpha", "beta"];
     let idp = idp_with(&clients, Duration::from_secs(300));
     let harness = Harness::new();
-    let text = config(&idp, &clients, "");
-    harness.write("bearerd.toml", &text);
+    let config = config(&idp, &clients);
+    harness.write_config(&config);
     let daemon = Daemon::start(&harness);
     wait_for_change(&harness, "alpha", "", Duration::from_secs(5));
     wait_for_change(&harness, "beta", "", Duration::from_secs(5));
-    (idp, harness, daemon, text)
+    (idp, harness, daemon, config)
 }
 
-fn with_beta_scope(text: &str) -> String {
-    text.replace(
-        "client_id = \"beta\"",
-        "client_id = \"beta\"\nscope = \"x\"",
-    )
+fn with_beta_scope(config: Config) -> String {
+    config.edit("beta", |beta| beta.scope("x")).to_string()
 }
 
 /// After a reload that changed only beta: exactly one reload, one new request for beta, none
@@ -241,15 +238,15 @@ fn assert_one_reload_of_beta(idp: &TestIdp, daemon: &Daemon) {
 
 #[test]
 fn an_edit_in_place_reloads_once() {
-    let (idp, harness, daemon, text) = reload_setup();
-    std::fs::write(harness.path("bearerd.toml"), with_beta_scope(&text)).expect("edit");
+    let (idp, harness, daemon, config) = reload_setup();
+    std::fs::write(harness.path("bearerd.toml"), with_beta_scope(config)).expect("edit");
     assert_one_reload_of_beta(&idp, &daemon);
 }
 
 #[test]
 fn a_rename_replace_reloads_once() {
-    let (idp, harness, daemon, text) = reload_setup();
-    let temp = harness.write(".bearerd.toml.swp", &with_beta_scope(&text));
+    let (idp, harness, daemon, config) = reload_setup();
+    let temp = harness.write(".bearerd.toml.swp", &with_beta_scope(config));
     std::fs::rename(temp, harness.path("bearerd.toml")).expect("rename");
     assert_one_reload_of_beta(&idp, &daemon);
 }
@@ -261,11 +258,13 @@ fn a_kubelet_configmap_swap_reloads_once() {
     let clients = ["alpha", "beta"];
     let idp = idp_with(&clients, Duration::from_secs(300));
     let harness = Harness::new();
-    let text = config(&idp, &clients, "").replace("tokens/", "../tokens/");
+    let config = with_backoff(
+        clients.map(|name| client_writing(&idp, name, &format!("../tokens/{name}.token"))),
+    );
     let volume = harness.path("config");
     let first = volume.join("..2026_11_29_03_00_00.000000001");
     std::fs::create_dir_all(&first).expect("mkdir");
-    std::fs::write(first.join("bearerd.toml"), &text).expect("write");
+    std::fs::write(first.join("bearerd.toml"), config.to_string()).expect("write");
     std::os::unix::fs::symlink("..2026_11_29_03_00_00.000000001", volume.join("..data"))
         .expect("symlink");
     std::os::unix::fs::symlink("..data/bearerd.toml", volume.join("bearerd.toml")).expect("link");
@@ -276,7 +275,7 @@ fn a_kubelet_configmap_swap_reloads_once() {
 
     let second = volume.join("..2026_11_29_03_05_00.000000002");
     std::fs::create_dir_all(&second).expect("mkdir");
-    std::fs::write(second.join("bearerd.toml"), with_beta_scope(&text)).expect("write");
+    std::fs::write(second.join("bearerd.toml"), with_beta_scope(config)).expect("write");
     std::os::unix::fs::symlink("..2026_11_29_03_05_00.000000002", volume.join("..data_tmp"))
         .expect("symlink");
     std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).expect("swap");
@@ -286,10 +285,12 @@ fn a_kubelet_configmap_swap_reloads_once() {
 
 #[test]
 fn an_invalid_edit_keeps_the_old_config_running() {
-    let (idp, harness, daemon, text) = reload_setup();
+    let (idp, harness, daemon, config) = reload_setup();
     std::fs::write(
         harness.path("bearerd.toml"),
-        text.replace("client_id = \"beta\"", "client_id = \"beta\"\nbogus = 1"),
+        config
+            .edit("beta", |beta| beta.line("bogus = 1"))
+            .to_string(),
     )
     .expect("edit");
     daemon.wait_for(
@@ -316,11 +317,9 @@ fn sighup_reloads_and_a_changed_secret_file_refetches_its_client() {
     let idp = idp_with(&clients, Duration::from_secs(300));
     let harness = Harness::new();
     harness.write("beta.secret", "beta-secret\n");
-    let text = config(&idp, &clients, "").replace(
-        "client_secret = \"beta-secret\"",
-        "client_secret_file = \"beta.secret\"",
-    );
-    harness.write("bearerd.toml", &text);
+    harness.write_config(&config(&idp, &clients).edit("beta", |beta| {
+        beta.without("client_secret").secret_file("beta.secret")
+    }));
     let daemon = Daemon::start(&harness);
     wait_for_change(&harness, "alpha", "", Duration::from_secs(5));
     let beta = wait_for_change(&harness, "beta", "", Duration::from_secs(5));
@@ -342,7 +341,7 @@ fn sighup_reloads_and_a_changed_secret_file_refetches_its_client() {
 fn sigterm_during_a_slow_request_exits_at_once_and_keeps_the_file() {
     let idp = idp_with(&["api"], Duration::from_secs(300));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &["api"], ""));
+    harness.write_config(&config(&idp, &["api"]));
     let previous = harness.write("tokens/api.token", "previous-good-token");
     idp.set_fault(Fault::Delay(Duration::from_secs(5)));
     let daemon = Daemon::start(&harness);
@@ -362,7 +361,7 @@ fn sigterm_during_a_slow_request_exits_at_once_and_keeps_the_file() {
 fn sigusr1_refreshes_every_client_now() {
     let idp = idp_with(&["api"], Duration::from_secs(300));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &["api"], ""));
+    harness.write_config(&config(&idp, &["api"]));
     let daemon = Daemon::start(&harness);
     let first = wait_for_change(&harness, "api", "", Duration::from_secs(5));
     daemon.signal(Signal::USR1);
@@ -376,7 +375,7 @@ fn sigusr1_refreshes_every_client_now() {
 fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
     let idp = idp_with(&["api"], Duration::from_secs(3600));
     let harness = Harness::new();
-    let path = harness.write("bearerd.toml", &config(&idp, &["api"], ""));
+    let path = harness.write_config(&config(&idp, &["api"]));
     let config = bearerd::config::Config::load(&path).expect("config");
     let clock = bearerd::clock::Clock::system();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -413,11 +412,7 @@ fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
 fn on_expiry_remove_deletes_the_files_of_an_expired_token() {
     let idp = idp_with(&["api"], Duration::from_secs(2));
     let harness = Harness::new();
-    let text = config(&idp, &["api"], "").replace(
-        "client_secret = \"api-secret\"",
-        "client_secret = \"api-secret\"\non_expiry = \"remove\"",
-    );
-    harness.write("bearerd.toml", &text);
+    harness.write_config(&config(&idp, &["api"]).edit("api", |api| api.set("on_expiry", "remove")));
     let daemon = Daemon::start(&harness);
     wait_for_change(&harness, "api", "", Duration::from_secs(5));
     idp.set_fault(Fault::Status {
@@ -448,10 +443,10 @@ fn a_removed_client_stops_being_refreshed() {
     let clients = ["alpha", "beta"];
     let idp = idp_with(&clients, Duration::from_secs(2));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, &clients, ""));
+    harness.write_config(&config(&idp, &clients));
     let daemon = Daemon::start(&harness);
     wait_for_change(&harness, "beta", "", Duration::from_secs(5));
-    harness.write("bearerd.toml", &config(&idp, &["alpha"], ""));
+    harness.write_config(&config(&idp, &["alpha"]));
     daemon.wait_for("configuration reloaded", 1, Duration::from_secs(5));
     let beta_requests = requests_for(&idp, "beta");
     // alpha goes on refreshing (three more tokens, over two lifetimes) while beta gets none.
@@ -471,11 +466,9 @@ fn a_removed_client_stops_being_refreshed() {
 fn a_token_endpoint_that_goes_missing_is_discovered_again() {
     let idp = idp_with(&["api"], Duration::from_secs(300));
     let harness = Harness::new();
-    let text = config(&idp, &["api"], "").replace(
-        &format!("token_url = \"{}\"", idp.token_url()),
-        &format!("issuer = \"{}\"", idp.issuer()),
+    harness.write_config(
+        &config(&idp, &["api"]).edit("api", |api| api.without("token_url").issuer(&idp.issuer())),
     );
-    harness.write("bearerd.toml", &text);
     idp.set_fault_times(
         Fault::Status {
             status: 404,

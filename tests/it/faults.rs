@@ -10,7 +10,7 @@ use std::time::Duration;
 use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
-use crate::harness::{Daemon, Harness, TestIdp, text, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, text, wait_until};
 
 /// The client every fault case uses; distinctive, so a log line naming it is easy to find.
 const CLIENT: &str = "billing";
@@ -33,36 +33,23 @@ const PREVIOUS: [(&str, &str); 4] = [
     ),
 ];
 
-fn config(token_url: &str, agent: &str) -> String {
-    format!(
-        r#"
-[agent]
-http_timeout = "400ms"
-backoff_min = "50ms"
-backoff_max = "100ms"
-{agent}
+/// `NAME` as `NAME-bot` with `NAME-secret`, writing `out/NAME.*` in every format.
+fn every_format(name: &str, token_url: &str) -> Client {
+    Client::new(name)
+        .token_url(token_url)
+        .client_id(&format!("{name}-bot"))
+        .secret(&format!("{name}-secret"))
+        .output(format!("out/{name}.token"))
+        .output_as(format!("out/{name}.env"), "env")
+        .output_as(format!("out/{name}.header"), "header")
+        .output_as(format!("out/{name}.json"), "json")
+}
 
-[clients.{CLIENT}]
-token_url = "{token_url}"
-client_id = "billing-bot"
-client_secret = "billing-secret"
-
-[[clients.{CLIENT}.output]]
-path = "out/billing.token"
-
-[[clients.{CLIENT}.output]]
-path = "out/billing.env"
-format = "env"
-
-[[clients.{CLIENT}.output]]
-path = "out/billing.header"
-format = "header"
-
-[[clients.{CLIENT}.output]]
-path = "out/billing.json"
-format = "json"
-"#
-    )
+fn config(token_url: &str) -> Config {
+    Config::new()
+        .http_timeout("400ms")
+        .backoff("50ms", "100ms")
+        .client(every_format(CLIENT, token_url))
 }
 
 fn idp() -> TestIdp {
@@ -312,17 +299,26 @@ fn line_naming<'a>(log: &'a str, cause: &str) -> Option<&'a str> {
 /// transient faults retried until the deadline, permanent ones not retried at all.
 #[test]
 fn run_once_survives_every_server_fault() {
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = cases()
+    let failures = in_parallel(cases(), |case| run_once_case(&case).err());
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs `check` on every case at once, each on a thread of its own; what went wrong, if anything.
+fn in_parallel<T: Send>(
+    cases: impl IntoIterator<Item = T>,
+    check: impl Fn(T) -> Option<String> + Sync,
+) -> Vec<String> {
+    let check = &check;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = cases
             .into_iter()
-            .map(|case| scope.spawn(move || run_once_case(&case).err()))
+            .map(|case| scope.spawn(move || check(case)))
             .collect();
         handles
             .into_iter()
             .filter_map(|handle| handle.join().expect("case thread"))
             .collect()
-    });
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    })
 }
 
 fn run_once_case(case: &Case) -> Result<(), String> {
@@ -335,7 +331,7 @@ fn run_once_case(case: &Case) -> Result<(), String> {
         }
         None => closed_port_url(),
     };
-    harness.write("bearerd.toml", &config(&url, ""));
+    harness.write_config(&config(&url));
     write_previous(&harness);
     let output = harness
         .command(&["run", "--once", "--deadline", "3s"])
@@ -408,33 +404,22 @@ fn odd_expires_in_values_are_accepted_with_sane_lifetimes() {
             Some("expires_in is over a year"),
         ),
     ];
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = cases
-            .into_iter()
-            .map(|(expires_in, lifetime, warning)| {
-                scope.spawn(move || {
-                    let idp = idp();
-                    idp.set_fault(Fault::Body(format!(
-                        "{{\"access_token\":\"good-token.{lifetime}\",\"token_type\":\"Bearer\",\
-                         \"expires_in\":{expires_in}}}"
-                    )));
-                    let harness = Harness::new();
-                    harness.write("bearerd.toml", &config(&idp.token_url(), ""));
-                    let output = harness.run(&["run", "--once", "--deadline", "3s"]);
-                    let stderr = text(&output.stderr);
-                    let json: serde_json::Value =
-                        serde_json::from_str(&harness.read("out/billing.json")).unwrap_or_default();
-                    let ok = output.status.success()
-                        && json["expires_in"] == lifetime
-                        && warning.is_none_or(|warning| line_naming(&stderr, warning).is_some());
-                    (!ok).then(|| format!("expires_in {expires_in}: {json}\n{stderr}"))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|handle| handle.join().expect("case thread"))
-            .collect()
+    let failures = in_parallel(cases, |(expires_in, lifetime, warning)| {
+        let idp = idp();
+        idp.set_fault(Fault::Body(format!(
+            "{{\"access_token\":\"good-token.{lifetime}\",\"token_type\":\"Bearer\",\
+             \"expires_in\":{expires_in}}}"
+        )));
+        let harness = Harness::new();
+        harness.write_config(&config(&idp.token_url()));
+        let output = harness.run(&["run", "--once", "--deadline", "3s"]);
+        let stderr = text(&output.stderr);
+        let json: serde_json::Value =
+            serde_json::from_str(&harness.read("out/billing.json")).unwrap_or_default();
+        let ok = output.status.success()
+            && json["expires_in"] == lifetime
+            && warning.is_none_or(|warning| line_naming(&stderr, warning).is_some());
+        (!ok).then(|| format!("expires_in {expires_in}: {json}\n{stderr}"))
     });
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -447,7 +432,7 @@ fn odd_expires_in_values_are_accepted_with_sane_lifetimes() {
 fn the_daemon_keeps_good_files_through_every_server_fault() {
     let idp = idp();
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp.token_url(), ""));
+    harness.write_config(&config(&idp.token_url()));
     let daemon = Daemon::start_with({
         let mut command = harness.command(&["run"]);
         // Repeated failures are logged at debug: they mark attempts that have completed.
@@ -506,12 +491,7 @@ fn the_daemon_retries_permanent_failures_slowly_and_transient_ones_soon() {
         let idp = idp();
         idp.set_fault(fault);
         let harness = Harness::new();
-        harness.write(
-            "bearerd.toml",
-            &config(&idp.token_url(), "")
-                .replace("backoff_min = \"50ms\"", "backoff_min = \"100ms\"")
-                .replace("backoff_max = \"100ms\"", "backoff_max = \"3s\""),
-        );
+        harness.write_config(&config(&idp.token_url()).backoff("100ms", "3s"));
         let daemon = Daemon::start(&harness);
         daemon.wait_for("token request failed", 1, Duration::from_secs(10));
         let first = std::time::Instant::now();
@@ -604,31 +584,20 @@ impl Drop for Tmpfs {
 }
 
 /// One victim client per filesystem fault, plus `steady`, which no fault touches.
-fn filesystem_config(idp: &TestIdp, victims: &[&str]) -> String {
-    let mut text = config(&idp.token_url(), "")
-        .replace("http_timeout = \"400ms\"", "http_timeout = \"5s\"")
-        .replace("backoff_min = \"50ms\"", "backoff_min = \"100ms\"")
-        .replace("backoff_max = \"100ms\"", "backoff_max = \"500ms\"")
-        .replace(CLIENT, "steady");
-    for victim in victims {
-        text.push_str(&format!(
-            r#"
-[clients.{victim}]
-token_url = "{url}"
-client_id = "{victim}"
-client_secret = "{victim}-secret"
-
-[[clients.{victim}.output]]
-path = "{victim}/sub/{victim}.token"
-
-[[clients.{victim}.output]]
-path = "{victim}/sub/{victim}.env"
-format = "env"
-"#,
-            url = idp.token_url()
-        ));
-    }
-    text
+fn filesystem_config(idp: &TestIdp, victims: &[&str]) -> Config {
+    let url = idp.token_url();
+    Config::new()
+        .http_timeout("5s")
+        .backoff("100ms", "500ms")
+        .client(every_format("steady", &url))
+        .clients(victims.iter().map(|victim| {
+            Client::new(victim)
+                .token_url(&url)
+                .client_id(victim)
+                .secret(&format!("{victim}-secret"))
+                .output(format!("{victim}/sub/{victim}.token"))
+                .output_as(format!("{victim}/sub/{victim}.env"), "env")
+        }))
 }
 
 /// Output directory read-only (a read-only tmpfs remount, when this process may mount),
@@ -658,7 +627,7 @@ fn filesystem_faults_fail_clearly_spare_other_clients_and_recover() {
     } else {
         eprintln!("skipping the read-only and full filesystem cases: cannot mount a tmpfs");
     }
-    harness.write("bearerd.toml", &filesystem_config(&idp, &victims));
+    harness.write_config(&filesystem_config(&idp, &victims));
     for victim in &victims {
         std::fs::create_dir_all(root.join(victim)).expect("victim dir");
     }
@@ -810,7 +779,7 @@ fn every_bad_config_arriving_by_reload_keeps_the_old_one_running() {
     let harness = Harness::new();
     // Files the corpus names relative to the config's directory.
     std::fs::copy(corpus.join("empty.secret"), harness.path("empty.secret")).expect("copy");
-    harness.write("bearerd.toml", &config(&idp.token_url(), ""));
+    harness.write_config(&config(&idp.token_url()));
     let daemon = Daemon::start(&harness);
     daemon.wait_for("token refreshed", 1, Duration::from_secs(10));
     let first = harness.read("out/billing.token");

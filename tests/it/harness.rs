@@ -1,11 +1,22 @@
-//! Shared test plumbing: a scratch directory, the built binary, an in-process token endpoint
-//! on its own runtime, and polling with a deadline instead of sleeps.
+//! Shared test plumbing: a scratch directory, the built binary, a config builder, an in-process
+//! token endpoint on its own runtime, child processes whose output is collected, a plain HTTP GET,
+//! and polling with a deadline instead of sleeps.
+//! It holds no test's expectations: what a test checks stays in the test.
 
+mod config;
+pub mod pki;
+
+use std::io::{BufRead as _, Read, Write as _};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bearerd_idp::{Idp, IdpSettings};
+
+pub use config::{Client, Config};
 
 /// The `bearerd` binary cargo built for these tests.
 pub const BEARERD: &str = env!("CARGO_BIN_EXE_bearerd");
@@ -33,6 +44,11 @@ impl Harness {
         }
         std::fs::write(&path, contents).expect("write file");
         path
+    }
+
+    /// Writes `config` to `DIR/bearerd.toml`, the file [`Harness::command`] runs with.
+    pub fn write_config(&self, config: &Config) -> PathBuf {
+        self.write("bearerd.toml", &config.to_string())
     }
 
     pub fn read(&self, relative: &str) -> String {
@@ -114,10 +130,63 @@ impl std::ops::Deref for TestIdp {
     }
 }
 
+/// The lines a child process printed, each pipe read by a thread of its own for the child's
+/// whole life, so the child never blocks on a full pipe.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    /// Collects every line of `pipe` until it closes.
+    pub fn collect(&self, pipe: impl Read + Send + 'static) -> JoinHandle<()> {
+        self.collect_but(pipe, |_| None::<()>).0
+    }
+
+    /// Collects every line of `pipe` but the first one `pick` takes, which goes to the receiver.
+    pub fn collect_but<T: Send + 'static>(
+        &self,
+        pipe: impl Read + Send + 'static,
+        mut pick: impl FnMut(&str) -> Option<T> + Send + 'static,
+    ) -> (JoinHandle<()>, mpsc::Receiver<T>) {
+        let (sender, receiver) = mpsc::channel();
+        let lines = Arc::clone(&self.0);
+        let reader = std::thread::spawn(move || {
+            let mut sender = Some(sender);
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if sender.is_some()
+                    && let Some(picked) = pick(&line)
+                {
+                    if let Some(sender) = sender.take() {
+                        let _ = sender.send(picked);
+                    }
+                    continue;
+                }
+                lines.lock().expect("lines").push(line);
+            }
+        });
+        (reader, receiver)
+    }
+
+    /// Everything collected so far, one line after another.
+    pub fn text(&self) -> String {
+        self.0.lock().expect("lines").join("\n")
+    }
+
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+}
+
 /// A running `bearerd run` whose stderr is collected line by line.
 pub struct Daemon {
     pub child: Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    lines: Lines,
 }
 
 impl Daemon {
@@ -131,31 +200,18 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn bearerd run");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::clone(&lines);
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().expect("lines").push(line);
-            }
-        });
+        let lines = Lines::default();
+        lines.collect(child.stderr.take().expect("stderr"));
         Self { child, lines }
     }
 
     pub fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
+        self.lines.text()
     }
 
     /// How many log lines contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .filter(|line| line.contains(needle))
-            .count()
+        self.lines.count(needle)
     }
 
     /// Waits until at least `n` log lines contain `needle`.
@@ -167,9 +223,32 @@ impl Daemon {
         );
     }
 
+    /// The address the `listen` endpoint serves on, once it does.
+    // The one place that finds it: from the log line that announces it.
+    pub fn admin_address(&self) -> String {
+        let announced = "serving /healthz";
+        self.wait_for(announced, 1, Duration::from_secs(10));
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|line| line.contains(announced))
+            .expect("line");
+        line.split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address field")
+            .to_owned()
+    }
+
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, signal).expect("send signal");
+    }
+
+    /// SIGKILL, and the exit reaped.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
     }
 
     /// SIGTERM, then the exit status and how long the exit took.
@@ -195,4 +274,132 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A server process a test talks to (the interop authorization servers), given its config as a
+/// JSON file: its stdin held open, since such a server exits at EOF (so it dies with the test
+/// process), both output pipes collected, and killed on drop, its output printed when the test
+/// failed.
+pub struct Server {
+    name: String,
+    child: Child,
+    _stdin: ChildStdin,
+    _config: tempfile::NamedTempFile,
+    output: Lines,
+}
+
+impl Server {
+    /// Starts `command CONFIG_FILE` and waits up to `deadline` for its ready line: the first line
+    /// on stdout that is a JSON object with an `issuer`, which is returned. One that cannot run,
+    /// exits or stays silent fails the test with `hint` (how to install it) and its output.
+    pub fn start(
+        name: &str,
+        mut command: Command,
+        config: &serde_json::Value,
+        deadline: Duration,
+        hint: &str,
+    ) -> (Server, serde_json::Value) {
+        let mut config_file = tempfile::Builder::new()
+            .prefix("bearerd-server-")
+            .suffix(".json")
+            .tempfile()
+            .expect("create the server config");
+        serde_json::to_writer_pretty(&mut config_file, config).expect("write the server config");
+        config_file.flush().expect("flush the server config");
+        let mut child = command
+            .arg(config_file.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run {name} ({:?}: {error}): {hint}",
+                    command.get_program()
+                )
+            });
+        let stdin = child.stdin.take().expect("piped stdin");
+        let output = Lines::default();
+        let stderr = output.collect(child.stderr.take().expect("piped stderr"));
+        let (stdout, ready) =
+            output.collect_but(child.stdout.take().expect("piped stdout"), |line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .filter(|value| value.get("issuer").is_some())
+            });
+        match ready.recv_timeout(deadline) {
+            Ok(ready) => {
+                let server = Server {
+                    name: name.to_owned(),
+                    child,
+                    _stdin: stdin,
+                    _config: config_file,
+                    output,
+                };
+                (server, ready)
+            }
+            Err(error) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                // Its last words: the readers end once the pipes close.
+                wait_until(Duration::from_secs(5), || {
+                    stderr.is_finished() && stdout.is_finished()
+                });
+                let reason = match error {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("printed no ready line within {deadline:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => format!("exited ({status:?})"),
+                };
+                panic!(
+                    "{name} {reason}; {hint}\n--- its output ---\n{}",
+                    output.text()
+                );
+            }
+        }
+    }
+
+    /// Everything the server printed so far (its error log names why a request failed).
+    pub fn log(&self) -> String {
+        self.output.text()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} output ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// What an HTTP GET got back: the status, the body, and the whole response as it came.
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+    pub text: String,
+}
+
+/// `GET PATH` over HTTP/1.1 to `address` (`host:port`), read to the end.
+pub fn http_get(address: &str, path: &str) -> Response {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Response { status, body, text }
 }

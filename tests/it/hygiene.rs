@@ -3,18 +3,14 @@
 //! message — scanned for client secrets, the private key, the client assertions and the Basic
 //! header it sent, and every token it was issued, and for any 8-character piece of one.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bearerd_idp::{Fault, IdpSettings, KeyAlgorithm};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use rustix::process::Signal;
 
-use crate::harness::{Daemon, Harness, TestIdp, text};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, http_get, pki, text};
 
 /// Distinctive values: any 8 characters of one in the output is a leak.
 const SECRET_BASIC: &str = "Zq8Kp3Lm9Xw2-basic-SECRET";
@@ -24,69 +20,34 @@ const SECRET_JSON: &str = "Wd6Gs0Jf3Ue8-json-SECRET";
 const HOSTILE_TOKEN: &str = "HoStIlE7q2w9 with-a-space";
 const MALFORMED_TOKEN: &str = "MaLfOrMeD4k8j1n6b3";
 
-/// A fresh EC P-256 key: its PEM and its public key.
-fn key_pair() -> (String, Vec<u8>) {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-        .expect("parse");
-    let body = STANDARD.encode(pkcs8.as_ref());
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|line| std::str::from_utf8(line).expect("base64"))
-        .collect();
-    let pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        lines.join("\n")
-    );
-    (pem, pair.public_key().as_ref().to_vec())
-}
-
-fn config(idp: &TestIdp, agent: &str, scope: &str) -> String {
+fn config(idp: &TestIdp, scope: &str) -> Config {
     let url = idp.token_url();
-    let mut text = format!(
-        "[agent]\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\nhttp_timeout = \"2s\"\n{agent}\n"
-    );
-    for (name, secret, method) in [
+    let with_secrets = [
         ("basic", SECRET_BASIC, "client_secret_basic"),
         ("post", SECRET_POST, "client_secret_post"),
         ("json", SECRET_JSON, "client_secret_json"),
-    ] {
-        text.push_str(&format!(
-            r#"
-[clients.{name}]
-token_url = "{url}"
-client_id = "{name}-bot"
-client_secret = "{secret}"
-auth_method = "{method}"
-scope = "{scope}"
-
-[[clients.{name}.output]]
-path = "out/{name}.json"
-format = "json"
-
-[[clients.{name}.output]]
-path = "out/{name}.header"
-format = "header"
-"#
-        ));
-    }
-    text.push_str(&format!(
-        r#"
-[clients.jwt]
-token_url = "{url}"
-client_id = "jwt-bot"
-auth_method = "private_key_jwt"
-private_key_file = "jwt.key.pem"
-key_id = "k1"
-
-[[clients.jwt.output]]
-path = "out/jwt.json"
-format = "json"
-"#
-    ));
-    text
+    ]
+    .map(|(name, secret, method)| {
+        Client::new(name)
+            .token_url(&url)
+            .client_id(&format!("{name}-bot"))
+            .secret(secret)
+            .auth_method(method)
+            .scope(scope)
+            .output_as(format!("out/{name}.json"), "json")
+            .output_as(format!("out/{name}.header"), "header")
+    });
+    Config::new()
+        .backoff("50ms", "200ms")
+        .http_timeout("2s")
+        .clients(with_secrets)
+        .client(
+            Client::new("jwt")
+                .token_url(&url)
+                .client_id("jwt-bot")
+                .private_key_jwt("jwt.key.pem", "k1")
+                .output_as("out/jwt.json", "json"),
+        )
 }
 
 const CLIENTS: [&str; 4] = ["basic", "post", "json", "jwt"];
@@ -160,30 +121,6 @@ fn assert_clean(secrets: &Secrets, what: &str, output: &str) {
     }
 }
 
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
-}
-
-fn listening_address(daemon: &Daemon) -> String {
-    daemon.wait_for("serving /healthz", 1, Duration::from_secs(10));
-    daemon
-        .log()
-        .lines()
-        .find_map(|line| {
-            let rest = line.split("address=").nth(1)?;
-            rest.split_whitespace().next().map(str::to_owned)
-        })
-        .expect("address field")
-}
-
 #[test]
 fn no_secret_key_or_token_appears_in_any_output_at_trace_level() {
     let idp = TestIdp::start(IdpSettings::default());
@@ -191,11 +128,16 @@ fn no_secret_key_or_token_appears_in_any_output_at_trace_level() {
     idp.add_client("basic-bot", SECRET_BASIC, lifetime);
     idp.add_client("post-bot", SECRET_POST, lifetime);
     idp.add_client("json-bot", SECRET_JSON, lifetime);
-    let (pem, public_key) = key_pair();
-    idp.add_key_client("jwt-bot", KeyAlgorithm::Es256, &public_key, lifetime);
     let harness = Harness::new();
-    harness.write("jwt.key.pem", &pem);
-    harness.write("bearerd.toml", &config(&idp, "", "read"));
+    let key = pki::ec_key(harness.dir.path(), "jwt.key.pem");
+    let pem = std::fs::read_to_string(&key).expect("read the key");
+    idp.add_key_client(
+        "jwt-bot",
+        KeyAlgorithm::Es256,
+        &pki::ec_public_point(&key),
+        lifetime,
+    );
+    harness.write_config(&config(&idp, "read"));
 
     let mut secrets = Secrets::default();
     for value in [
@@ -327,16 +269,13 @@ fn no_secret_key_or_token_appears_in_any_output_at_trace_level() {
 
     // The daemon: refresh, SIGUSR1, a failure, a reload, an invalid reload whose broken line
     // holds a secret, /metrics and /readyz.
-    harness.write(
-        "bearerd.toml",
-        &config(&idp, "listen = \"127.0.0.1:0\"", "read"),
-    );
+    harness.write_config(&config(&idp, "read").listen("127.0.0.1:0"));
     let daemon = Daemon::start_with({
         let mut command = harness.command(&["run"]);
         command.env("RUST_LOG", "trace");
         command
     });
-    let address = listening_address(&daemon);
+    let address = daemon.admin_address();
     daemon.wait_for("token refreshed", CLIENTS.len(), Duration::from_secs(15));
     secrets.add_tokens(&harness);
     daemon.signal(Signal::USR1);
@@ -358,14 +297,11 @@ fn no_secret_key_or_token_appears_in_any_output_at_trace_level() {
         CLIENTS.len(),
         Duration::from_secs(15),
     );
-    let metrics = http_get(&address, "/metrics");
+    let metrics = http_get(&address, "/metrics").text;
     assert!(metrics.contains("200 OK"), "{metrics}");
     said.push(("/metrics while failing", metrics));
     idp.set_fault(Fault::None);
-    harness.write(
-        "bearerd.toml",
-        &config(&idp, "listen = \"127.0.0.1:0\"", "read write"),
-    );
+    harness.write_config(&config(&idp, "read write").listen("127.0.0.1:0"));
     daemon.wait_for("configuration reloaded", 1, Duration::from_secs(10));
     daemon.wait_for(
         "token refreshed",
@@ -373,13 +309,15 @@ fn no_secret_key_or_token_appears_in_any_output_at_trace_level() {
         Duration::from_secs(15),
     );
     secrets.add_tokens(&harness);
-    let broken = config(&idp, "listen = \"127.0.0.1:0\"", "read write")
+    let broken = config(&idp, "read write")
+        .listen("127.0.0.1:0")
+        .to_string()
         .replace(&format!("\"{SECRET_POST}\""), &format!("\"{SECRET_POST}"));
     harness.write("bearerd.toml", &broken);
     daemon.wait_for("invalid configuration", 1, Duration::from_secs(10));
-    said.push(("/metrics", http_get(&address, "/metrics")));
-    said.push(("/readyz", http_get(&address, "/readyz")));
-    said.push(("/healthz", http_get(&address, "/healthz")));
+    said.push(("/metrics", http_get(&address, "/metrics").text));
+    said.push(("/readyz", http_get(&address, "/readyz").text));
+    said.push(("/healthz", http_get(&address, "/healthz").text));
     let mut daemon = daemon;
     daemon.signal(Signal::TERM);
     let status = daemon.child.wait().expect("wait");

@@ -6,7 +6,6 @@
 //! a server that cannot start fails the test, never skips it.
 
 mod dot;
-pub mod pki;
 mod proxy;
 mod rotation;
 mod templates;
@@ -18,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, Harness, text, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, pki, text, wait_until};
 use crate::oidc::{OidcProvider, jwt_claims};
 
 /// A secret with every character RFC 6749 §2.3.1's form-urlencoding changes, and a space.
@@ -28,7 +27,7 @@ pub const ODD_SECRET: &str = "a+b/c%d:e&f=g h";
 const RESOURCE: &str = "https://api.example.com";
 
 /// Proxy variables a developer's shell may have set; every test run starts without them.
-pub const PROXY_VARIABLES: [&str; 8] = [
+const PROXY_VARIABLES: [&str; 8] = [
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
@@ -74,17 +73,13 @@ pub fn fail_at_runtime(mut command: Command) -> Output {
     output
 }
 
-/// A TOML basic string holding `value` (JSON string escapes are valid TOML ones).
-pub fn quoted(value: &str) -> String {
-    serde_json::Value::from(value).to_string()
+/// A client writing one token output, `NAME.token`.
+pub fn client(name: &str) -> Client {
+    Client::new(name).output(format!("{name}.token"))
 }
 
-/// `[clients.NAME]` with `settings` (TOML lines) and one token output at `NAME.token`.
-pub fn client_toml(name: &str, settings: &str) -> String {
-    format!(
-        "[clients.{name}]\n{settings}\n\n[[clients.{name}.output]]\npath = \"{name}.token\"\n\n"
-    )
-}
+/// The `extra_params` asking for [`RESOURCE`].
+const FOR_RESOURCE: &[(&str, &str)] = &[("resource", RESOURCE)];
 
 /// Asserts the claims oidc-provider put into a token it issued for `resource`.
 fn assert_claims(token: &str, idp: &OidcProvider, client_id: &str, scope: &str, aud: &str) {
@@ -112,42 +107,43 @@ fn basic_and_post_through_run_once_and_token_with_scope_and_resource() {
     );
     let harness = Harness::new();
     harness.write("odd-post.secret", &format!("{ODD_SECRET}\n"));
-    let common = format!(
-        "token_url = {}\nscope = \"tasks:read\"\nextra_params = {{ resource = {} }}",
-        quoted(&idp.token_endpoint),
-        quoted(RESOURCE)
-    );
     let clients = [
         (
             "basic",
             "basic-bot",
-            "client_secret = \"basic-secret\"\nauth_method = \"client_secret_basic\"".to_owned(),
+            client("basic")
+                .secret("basic-secret")
+                .auth_method("client_secret_basic"),
         ),
         (
             "post",
             "post-bot",
-            "client_secret = \"post-secret\"\nauth_method = \"client_secret_post\"".to_owned(),
+            client("post")
+                .secret("post-secret")
+                .auth_method("client_secret_post"),
         ),
         (
             "odd-basic",
             "odd:id",
-            format!("client_secret = {}", quoted(ODD_SECRET)),
+            client("odd-basic").secret(ODD_SECRET),
         ),
         (
             "odd-post",
             "odd-post",
-            "client_secret_file = \"odd-post.secret\"\nauth_method = \"client_secret_post\""
-                .to_owned(),
+            client("odd-post")
+                .secret_file("odd-post.secret")
+                .auth_method("client_secret_post"),
         ),
     ];
-    let mut config = String::new();
-    for (name, client_id, secret) in &clients {
-        config.push_str(&client_toml(
-            name,
-            &format!("client_id = {}\n{secret}\n{common}", quoted(client_id)),
-        ));
-    }
-    let config_path = harness.write("bearerd.toml", &config);
+    let config = Config::new().clients(clients.iter().map(|(_, client_id, client)| {
+        client
+            .clone()
+            .client_id(client_id)
+            .token_url(&idp.token_endpoint)
+            .scope("tasks:read")
+            .extra_params(FOR_RESOURCE)
+    }));
+    let config_path = harness.write_config(&config);
 
     succeed(bearerd(&harness, &config_path, &["run", "--once"]), || {
         idp.log()
@@ -175,17 +171,14 @@ fn an_issuer_alone_finds_the_token_endpoint_and_the_auth_method_by_discovery() {
         300,
     );
     let harness = Harness::new();
-    let config = harness.write(
-        "bearerd.toml",
-        &client_toml(
-            "discovered",
-            &format!(
-                "issuer = {}\nclient_id = \"discovered\"\nclient_secret = {}\nscope = \"tasks:write\"\n\
-                 extra_params = {{ resource = {} }}",
-                quoted(&idp.issuer),
-                quoted(ODD_SECRET),
-                quoted(RESOURCE)
-            ),
+    let config = harness.write_config(
+        &Config::new().client(
+            client("discovered")
+                .issuer(&idp.issuer)
+                .client_id("discovered")
+                .secret(ODD_SECRET)
+                .scope("tasks:write")
+                .extra_params(FOR_RESOURCE),
         ),
     );
     let report = succeed(bearerd(&harness, &config, &["check"]), String::new);
@@ -204,23 +197,16 @@ fn the_daemon_keeps_a_two_second_token_fresh() {
         300,
     );
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &client_toml(
-            "short",
-            &format!(
-                "token_url = {}\nclient_id = \"short\"\nclient_secret = \"short-secret\"\n\
-                 extra_params = {{ resource = {} }}",
-                quoted(&idp.token_endpoint),
-                quoted(RESOURCE)
-            ),
+    let config = harness.write_config(
+        &Config::new().client(
+            client("short")
+                .token_url(&idp.token_endpoint)
+                .client_id("short")
+                .secret("short-secret")
+                .extra_params(FOR_RESOURCE),
         ),
     );
-    let mut command = harness.command(&["run"]);
-    for name in PROXY_VARIABLES {
-        command.env_remove(name);
-    }
-    let daemon = Daemon::start_with(command);
+    let daemon = Daemon::start_with(bearerd(&harness, &config, &["run"]));
 
     // Every distinct file content seen: the first token and at least two refreshes.
     let mut seen = HashSet::new();
@@ -267,22 +253,18 @@ fn private_key_jwt_with_rs256_and_es256_keys_made_now() {
         ]),
         300,
     );
-    let settings = |client_id: &str, key: &Path, kid: &str| {
-        format!(
-            "token_url = {}\nclient_id = {}\nauth_method = \"private_key_jwt\"\n\
-             private_key_file = {}\nkey_id = {}\nscope = \"tasks:read tasks:write\"\n\
-             extra_params = {{ resource = {} }}",
-            quoted(&idp.token_endpoint),
-            quoted(client_id),
-            quoted(key.to_str().expect("UTF-8 path")),
-            quoted(kid),
-            quoted(RESOURCE)
-        )
+    let signing = |name: &str, client_id: &str, key: &Path, kid: &str| {
+        client(name)
+            .token_url(&idp.token_endpoint)
+            .client_id(client_id)
+            .private_key_jwt(key, kid)
+            .scope("tasks:read tasks:write")
+            .extra_params(FOR_RESOURCE)
     };
-    let config = harness.write(
-        "bearerd.toml",
-        &(client_toml("rs", &settings("rs-bot", &rsa, "rsa-1"))
-            + &client_toml("es", &settings("es-bot", &ec_sec1, "ec-1"))),
+    let config = harness.write_config(
+        &Config::new()
+            .client(signing("rs", "rs-bot", &rsa, "rsa-1"))
+            .client(signing("es", "es-bot", &ec_sec1, "ec-1")),
     );
     let report = succeed(bearerd(&harness, &config, &["check"]), String::new);
     assert!(report.contains("private_key_jwt"), "{report}");
@@ -305,7 +287,9 @@ fn private_key_jwt_with_rs256_and_es256_keys_made_now() {
     // The key id is really sent: a kid the client did not register is refused.
     let wrong = harness.write(
         "wrong-kid.toml",
-        &client_toml("rs", &settings("rs-bot", &rsa, "rsa-2")),
+        &Config::new()
+            .client(signing("rs", "rs-bot", &rsa, "rsa-2"))
+            .to_string(),
     );
     let output = fail_at_runtime(bearerd(&harness, &wrong, &["token", "rs"]));
     assert!(
@@ -317,14 +301,9 @@ fn private_key_jwt_with_rs256_and_es256_keys_made_now() {
     // The assertion's `aud` is the token endpoint unless `assertion_audience` says otherwise:
     // oidc-provider takes its issuer too, and refuses an audience that is not its own.
     let with_audience = |audience: &str| {
-        client_toml(
-            "rs",
-            &format!(
-                "{}\nassertion_audience = {}",
-                settings("rs-bot", &rsa, "rsa-1"),
-                quoted(audience)
-            ),
-        )
+        Config::new()
+            .client(signing("rs", "rs-bot", &rsa, "rsa-1").set("assertion_audience", audience))
+            .to_string()
     };
     let issuer = harness.write("issuer-aud.toml", &with_audience(&idp.issuer));
     let token = succeed(bearerd(&harness, &issuer, &["token", "rs"]), || idp.log());
@@ -346,48 +325,45 @@ fn tls_provider(pki: &pki::Pki, clients: Value) -> OidcProvider {
     OidcProvider::start_with(json!({
         "clients": clients,
         "ttl": 300,
-        "tls": {
-            "cert": pki.server_cert,
-            "key": pki.server_key,
-            "ca": pki.ca_cert,
-        },
+        "tls": tls(pki),
     }))
+}
+
+/// `mtls-bot`, registered for `tls_client_auth` with [`pki::CLIENT_SUBJECT`] and given
+/// certificate-bound tokens.
+fn mtls_bot() -> Value {
+    json!({
+        "client_id": "mtls-bot",
+        "token_endpoint_auth_method": "tls_client_auth",
+        "tls_client_auth_subject_dn": pki::CLIENT_SUBJECT,
+        "tls_client_certificate_bound_access_tokens": true,
+    })
+}
+
+/// The server side of `pki` in a `server.mjs` config: https with its CA, asking for a client
+/// certificate.
+fn tls(pki: &pki::Pki) -> Value {
+    json!({"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert})
 }
 
 #[test]
 fn tls_client_auth_gets_a_certificate_bound_token_over_a_private_ca() {
     let harness = Harness::new();
     let pki = pki::Pki::create(harness.dir.path());
-    let idp = tls_provider(
-        &pki,
-        json!([{
-            "client_id": "mtls-bot",
-            "token_endpoint_auth_method": "tls_client_auth",
-            "tls_client_auth_subject_dn": pki::CLIENT_SUBJECT,
-            "tls_client_certificate_bound_access_tokens": true,
-        }]),
-    );
+    let idp = tls_provider(&pki, json!([mtls_bot()]));
     assert!(idp.issuer.starts_with("https://"), "{}", idp.issuer);
-    let path = |path: &Path| quoted(path.to_str().expect("UTF-8 path"));
-    let tls = format!(
-        "client_id = \"mtls-bot\"\nauth_method = \"tls_client_auth\"\nca_file = {}\n\
-         tls_cert_file = {}\ntls_key_file = {}\nscope = \"tasks:read\"\n\
-         extra_params = {{ resource = {} }}",
-        path(&pki.ca_cert),
-        path(&pki.client_cert),
-        path(&pki.client_key),
-        quoted(RESOURCE)
-    );
-    let config = harness.write(
-        "bearerd.toml",
-        &(client_toml(
-            "mtls",
-            &format!("token_url = {}\n{tls}", quoted(&idp.token_endpoint)),
-        ) + &client_toml(
-            "mtls-discovered",
-            &format!("issuer = {}\n{tls}", quoted(&idp.issuer)),
-        )),
-    );
+    let mtls = |name: &str| {
+        client(name)
+            .client_id("mtls-bot")
+            .tls_client_auth(&pki)
+            .scope("tasks:read")
+            .extra_params(FOR_RESOURCE)
+    };
+    let clients = [
+        mtls("mtls").token_url(&idp.token_endpoint),
+        mtls("mtls-discovered").issuer(&idp.issuer),
+    ];
+    let config = harness.write_config(&Config::new().clients(clients.clone()));
     succeed(bearerd(&harness, &config, &["run", "--once"]), || idp.log());
     let thumbprint = pki.client_thumbprint();
     for name in ["mtls", "mtls-discovered"] {
@@ -398,13 +374,8 @@ fn tls_client_auth_gets_a_certificate_bound_token_over_a_private_ca() {
     }
 
     // Without ca_file the server's certificate is not trusted: ca_file is what made it work.
-    let untrusted = std::fs::read_to_string(&config)
-        .expect("config")
-        .lines()
-        .filter(|line| !line.starts_with("ca_file"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let untrusted = harness.write("untrusted.toml", &untrusted);
+    let untrusted = Config::new().clients(clients.map(|client| client.without("ca_file")));
+    let untrusted = harness.write("untrusted.toml", &untrusted.to_string());
     let output = fail_at_runtime(bearerd(&harness, &untrusted, &["token", "mtls"]));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
@@ -415,31 +386,19 @@ async fn tls_client_auth_with_an_issuer_posts_to_the_mtls_endpoint_alias() {
     let harness = Harness::new();
     let pki = pki::Pki::create(harness.dir.path());
     let idp = OidcProvider::start_with(json!({
-        "clients": [{
-            "client_id": "mtls-bot",
-            "token_endpoint_auth_method": "tls_client_auth",
-            "tls_client_auth_subject_dn": pki::CLIENT_SUBJECT,
-            "tls_client_certificate_bound_access_tokens": true,
-        }],
+        "clients": [mtls_bot()],
         "ttl": 300,
-        "tls": {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert},
+        "tls": tls(&pki),
         "mtls_alias": true,
     }));
-    let path = |path: &Path| quoted(path.to_str().expect("UTF-8 path"));
-    let config = harness.write(
-        "bearerd.toml",
-        &client_toml(
-            "mtls",
-            &format!(
-                "issuer = {}\nclient_id = \"mtls-bot\"\nauth_method = \"tls_client_auth\"\n\
-                 ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\nscope = \"tasks:read\"\n\
-                 extra_params = {{ resource = {} }}",
-                quoted(&idp.issuer),
-                path(&pki.ca_cert),
-                path(&pki.client_cert),
-                path(&pki.client_key),
-                quoted(RESOURCE)
-            ),
+    let config = harness.write_config(
+        &Config::new().client(
+            client("mtls")
+                .issuer(&idp.issuer)
+                .client_id("mtls-bot")
+                .tls_client_auth(&pki)
+                .scope("tasks:read")
+                .extra_params(FOR_RESOURCE),
         ),
     );
     let token = succeed(bearerd(&harness, &config, &["token", "mtls"]), || idp.log());
@@ -464,16 +423,17 @@ fn client_secret_json_reaches_a_server_that_reads_json_bodies() {
     let idp = OidcProvider::start_with(json!({"clients": clients, "json_body": true}));
     let harness = Harness::new();
     let config_for = |idp: &OidcProvider| {
-        client_toml(
-            "json",
-            &format!(
-                "token_url = {}\nclient_id = \"json-bot\"\nclient_secret = {}\n\
-                 auth_method = \"client_secret_json\"\naudience = \"tasklist.camunda.io\"\n\
-                 scope = \"tasks:read\"",
-                quoted(&idp.token_endpoint),
-                quoted(ODD_SECRET)
-            ),
-        )
+        Config::new()
+            .client(
+                client("json")
+                    .token_url(&idp.token_endpoint)
+                    .client_id("json-bot")
+                    .secret(ODD_SECRET)
+                    .auth_method("client_secret_json")
+                    .audience("tasklist.camunda.io")
+                    .scope("tasks:read"),
+            )
+            .to_string()
     };
     let config = harness.write("bearerd.toml", &config_for(&idp));
     succeed(bearerd(&harness, &config, &["run", "--once"]), || idp.log());
@@ -513,19 +473,16 @@ async fn http2_is_used_when_the_server_offers_it_and_http1_otherwise() {
         let idp = OidcProvider::start_with(json!({
             "clients": clients,
             "http2": http2,
-            "tls": {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert},
+            "tls": tls(&pki),
         }));
-        let config = harness.write(
-            "bearerd.toml",
-            &client_toml(
-                "api",
-                &format!(
-                    "token_url = {}\nclient_id = \"api-bot\"\nclient_secret = \"api-secret\"\n\
-                     ca_file = {}\nextra_params = {{ resource = {} }}",
-                    quoted(&idp.token_endpoint),
-                    quoted(pki.ca_cert.to_str().expect("UTF-8 path")),
-                    quoted(RESOURCE)
-                ),
+        let config = harness.write_config(
+            &Config::new().client(
+                client("api")
+                    .token_url(&idp.token_endpoint)
+                    .client_id("api-bot")
+                    .secret("api-secret")
+                    .ca_file(&pki.ca_cert)
+                    .extra_params(FOR_RESOURCE),
             ),
         );
         let token = succeed(bearerd(&harness, &config, &["token", "api"]), || idp.log());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bearerd_idp::{Fault, IdpSettings};
 
-use crate::harness::{Daemon, Harness, TestIdp, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, wait_until};
 
 /// How big the churn is.
 struct Load {
@@ -53,23 +53,25 @@ fn usage(pid: u32) -> Usage {
 /// Generation `generation` of the config: a sliding window of `clients` clients (each rewrite
 /// drops the 10 oldest and adds 10 new), and every 50th client's scope changed.
 fn config(url: &str, load: &Load, generation: usize) -> String {
-    let mut text = String::from(
-        "[agent]\nmax_concurrent_requests = 64\nbackoff_min = \"200ms\"\nbackoff_max = \"2s\"\n\
-         http_timeout = \"5s\"\n",
-    );
-    for number in first(generation)..first(generation) + load.clients {
+    let config = Config::new()
+        .agent("max_concurrent_requests = 64")
+        .backoff("200ms", "2s")
+        .http_timeout("5s");
+    let clients = (first(generation)..first(generation) + load.clients).map(|number| {
         let scope = if number % 50 == generation % 50 {
             format!("gen-{generation}")
         } else {
             "base".to_owned()
         };
-        text.push_str(&format!(
-            "\n[clients.c{number:05}]\ntoken_url = \"{url}\"\nclient_id = \"c{number:05}\"\n\
-             client_secret = \"s\"\nscope = \"{scope}\"\n\
-             [[clients.c{number:05}.output]]\npath = \"out/c{number:05}.env\"\nformat = \"env\"\n"
-        ));
-    }
-    text
+        let name = format!("c{number:05}");
+        Client::new(&name)
+            .token_url(url)
+            .client_id(&name)
+            .secret("s")
+            .scope(&scope)
+            .output_as(format!("out/{name}.env"), "env")
+    });
+    config.clients(clients).to_string()
 }
 
 fn first(generation: usize) -> usize {

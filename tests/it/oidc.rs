@@ -14,25 +14,21 @@
 // A toolbox for the interop tests: not every helper is used by every build of the suite.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+
+use crate::harness::Server;
 
 /// How long node may take to print its ready line (a cold start on a busy 2-core CI machine).
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running `oidc-provider` on `127.0.0.1:<ephemeral port>`, killed on drop.
 pub struct OidcProvider {
-    child: Child,
-    /// Held open: node exits when its stdin reaches EOF (i.e. when this process dies).
-    _stdin: ChildStdin,
-    _config: tempfile::NamedTempFile,
-    log: Arc<Mutex<String>>,
+    server: Server,
     /// `http://127.0.0.1:PORT` (`https://…` when the config has `tls`); discovery is at
     /// `{issuer}/.well-known/openid-configuration`.
     pub issuer: String,
@@ -65,61 +61,16 @@ impl OidcProvider {
             );
         }
 
-        let mut config_file = tempfile::Builder::new()
-            .prefix("bearerd-oidc-")
-            .suffix(".json")
-            .tempfile()
-            .expect("create the oidc-provider config file");
-        serde_json::to_writer_pretty(&mut config_file, &config).expect("write the config");
-        config_file.flush().expect("flush the config");
-
         let node = std::env::var_os("BEARERD_TEST_NODE").unwrap_or_else(|| "node".into());
-        let mut child = match Command::new(&node)
-            .arg(dir.join("server.mjs"))
-            .arg(config_file.path())
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => panic!(
-                "cannot run `{}` for the interop authorization server ({e}): install Node.js 20+ \
-                 and run `npm ci --prefix tests/interop`",
-                Path::new(&node).display()
-            ),
-        };
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-
-        // Both pipes are drained for the child's whole life, so it never blocks on a full pipe.
-        let log = Arc::new(Mutex::new(String::new()));
-        spawn_drain(stderr, Arc::clone(&log), None);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        spawn_drain(stdout, Arc::clone(&log), Some(ready_tx));
-
-        let ready = match ready_rx.recv_timeout(READY_DEADLINE) {
-            Ok(ready) => ready,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                // Give the stderr thread a moment to collect node's last words.
-                std::thread::sleep(Duration::from_millis(100));
-                let reason = match e {
-                    mpsc::RecvTimeoutError::Timeout => {
-                        format!("printed no ready line within {READY_DEADLINE:?}")
-                    }
-                    mpsc::RecvTimeoutError::Disconnected => format!("exited ({status:?})"),
-                };
-                panic!(
-                    "the interop authorization server (node tests/interop/server.mjs) {reason}; \
-                     is `npm ci --prefix tests/interop` done?\n--- its output ---\n{}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
-        };
+        let mut command = Command::new(&node);
+        command.arg(dir.join("server.mjs")).current_dir(&dir);
+        let (server, ready) = Server::start(
+            "the interop authorization server (node tests/interop/server.mjs)",
+            command,
+            &config,
+            READY_DEADLINE,
+            "install Node.js 20+ and run `npm ci --prefix tests/interop`",
+        );
 
         let field = |name: &str| -> String {
             ready[name]
@@ -133,10 +84,7 @@ impl OidcProvider {
             jwks_uri: field("jwks_uri"),
             stats_url: field("stats"),
             fail_url: field("fail"),
-            child,
-            _stdin: stdin,
-            _config: config_file,
-            log,
+            server,
         }
     }
 
@@ -147,7 +95,7 @@ impl OidcProvider {
 
     /// Everything the server printed so far (its error log names why a token request failed).
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.server.log()
     }
 
     /// The server's request counters (see [`OidcProvider::stats_url`]).
@@ -184,48 +132,8 @@ impl OidcProvider {
     }
 }
 
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- interop authorization server output ---\n{}",
-                self.log()
-            );
-        }
-    }
-}
-
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// Copies the pipe's lines into `log`; with `ready`, the first line that is a JSON object with an
-/// `issuer` is sent there instead.
-fn spawn_drain<R: Read + Send + 'static>(
-    pipe: R,
-    log: Arc<Mutex<String>>,
-    mut ready: Option<mpsc::Sender<Value>>,
-) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if ready.is_some()
-                && let Ok(value) = serde_json::from_str::<Value>(&line)
-                && value.get("issuer").is_some()
-            {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(value);
-                }
-                continue;
-            }
-            if let Ok(mut log) = log.lock() {
-                log.push_str(&line);
-                log.push('\n');
-            }
-        }
-    });
 }
 
 /// The claims (middle part) of a JWT, undecoded-signature and all: for assertions only.

@@ -1,35 +1,24 @@
 //! Operating bearerd: the sd_notify protocol on a real datagram socket, the HTTP endpoint over
 //! real HTTP, and `on_refresh` commands and signals with real processes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
-use crate::harness::{Daemon, Harness, TestIdp, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, http_get, wait_until};
 
-fn config(idp: &TestIdp, agent: &str, client_extra: &str) -> String {
-    format!(
-        r#"
-[agent]
-backoff_min = "100ms"
-backoff_max = "500ms"
-{agent}
+fn api(idp: &TestIdp) -> Client {
+    Client::new("api")
+        .token_url(&idp.token_url())
+        .client_id("api")
+        .secret("api-secret")
+        .output("api.token")
+}
 
-[clients.api]
-token_url = "{url}"
-client_id = "api"
-client_secret = "api-secret"
-
-[[clients.api.output]]
-path = "api.token"
-{client_extra}
-"#,
-        url = idp.token_url()
-    )
+fn config(api: Client) -> Config {
+    Config::new().backoff("100ms", "500ms").client(api)
 }
 
 fn idp(lifetime: Duration) -> TestIdp {
@@ -61,7 +50,7 @@ fn has(messages: &[String], prefix: &str) -> bool {
 fn sd_notify_ready_reload_status_watchdog_and_stopping() {
     let idp = idp(Duration::from_secs(300));
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, "", ""));
+    harness.write_config(&config(api(&idp)));
     let socket_path = harness.path("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind");
     let mut command = harness.command(&["run"]);
@@ -107,41 +96,6 @@ fn sd_notify_ready_reload_status_watchdog_and_stopping() {
     collect(&socket, &mut messages, |m| has(m, "STOPPING=1"));
 }
 
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn listening_address(daemon: &Daemon) -> String {
-    daemon.wait_for("serving /healthz", 1, Duration::from_secs(5));
-    let log = daemon.log();
-    let line = log
-        .lines()
-        .find(|line| line.contains("serving /healthz"))
-        .expect("line");
-    line.split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("address field")
-        .to_owned()
-}
-
 #[test]
 fn healthz_readyz_and_metrics_over_http() {
     let idp = idp(Duration::from_secs(300));
@@ -152,26 +106,28 @@ fn healthz_readyz_and_metrics_over_http() {
         retry_after: None,
     });
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &config(&idp, "listen = \"127.0.0.1:0\"", ""),
-    );
+    harness.write_config(&config(api(&idp)).listen("127.0.0.1:0"));
     let daemon = Daemon::start(&harness);
-    let address = listening_address(&daemon);
+    let address = daemon.admin_address();
 
-    assert_eq!(http_get(&address, "/healthz"), (200, "ok\n".to_owned()));
-    let (status, body) = http_get(&address, "/readyz");
-    assert_eq!(status, 503);
-    assert_eq!(body, "no valid token on disk for: api\n");
+    let healthz = http_get(&address, "/healthz");
+    assert_eq!((healthz.status, healthz.body), (200, "ok\n".to_owned()));
+    let readyz = http_get(&address, "/readyz");
+    assert_eq!(readyz.status, 503);
+    assert_eq!(readyz.body, "no valid token on disk for: api\n");
 
+    // The first attempt must have failed before the fault is lifted, or no failure is counted.
+    daemon.wait_for("token request failed", 1, Duration::from_secs(10));
     idp.set_fault(Fault::None);
     assert!(wait_until(Duration::from_secs(5), || http_get(
         &address, "/readyz"
     )
-    .0 == 200));
+    .status
+        == 200));
 
-    let (status, metrics) = http_get(&address, "/metrics");
-    assert_eq!(status, 200);
+    let metrics = http_get(&address, "/metrics");
+    assert_eq!(metrics.status, 200);
+    let metrics = metrics.body;
     for needle in [
         "bearerd_token_expiry_timestamp_seconds{client=\"api\"} ",
         "bearerd_refreshes_total{client=\"api\",result=\"success\"} 1",
@@ -185,7 +141,7 @@ fn healthz_readyz_and_metrics_over_http() {
     let token = harness.read("api.token");
     assert!(!metrics.contains(&token), "no token in metrics");
     assert!(!metrics.contains("api-secret"), "no secret in metrics");
-    assert_eq!(http_get(&address, "/nope").0, 404);
+    assert_eq!(http_get(&address, "/nope").status, 404);
 }
 
 #[test]
@@ -193,11 +149,10 @@ fn on_refresh_commands_run_and_failing_or_slow_ones_never_block() {
     let idp = idp(Duration::from_secs(2));
     let harness = Harness::new();
     let hook = harness.path("hook.log");
-    let client_extra = format!(
-        "[clients.api.on_refresh]\ncommand = [\"sh\", \"-c\", \"echo refreshed >> '{}'; exit 3\"]\ntimeout = \"5s\"\n",
-        hook.display()
-    );
-    harness.write("bearerd.toml", &config(&idp, "", &client_extra));
+    let append = format!("echo refreshed >> '{}'; exit 3", hook.display());
+    harness.write_config(&config(
+        api(&idp).on_refresh_command(&["sh", "-c", &append], "5s"),
+    ));
     let daemon = Daemon::start(&harness);
     assert!(wait_until(Duration::from_secs(8), || {
         std::fs::read_to_string(&hook).is_ok_and(|text| text.lines().count() >= 2)
@@ -209,8 +164,9 @@ fn on_refresh_commands_run_and_failing_or_slow_ones_never_block() {
     // A command still running never holds up the next refresh: with 2 s tokens, three refreshes
     // happen while the first hook still has 30 s to run.
     let harness = Harness::new();
-    let slow = "[clients.api.on_refresh]\ncommand = [\"sleep\", \"30\"]\ntimeout = \"30s\"\n";
-    harness.write("bearerd.toml", &config(&idp, "", slow));
+    harness.write_config(&config(
+        api(&idp).on_refresh_command(&["sleep", "30"], "30s"),
+    ));
     let daemon = Daemon::start(&harness);
     daemon.wait_for("token refreshed", 3, Duration::from_secs(8));
     assert_eq!(daemon.count("on_refresh command"), 0, "{}", daemon.log());
@@ -218,8 +174,9 @@ fn on_refresh_commands_run_and_failing_or_slow_ones_never_block() {
 
     // A command that outlives its timeout is killed and logged.
     let harness = Harness::new();
-    let slow = "[clients.api.on_refresh]\ncommand = [\"sleep\", \"30\"]\ntimeout = \"500ms\"\n";
-    harness.write("bearerd.toml", &config(&idp, "", slow));
+    harness.write_config(&config(
+        api(&idp).on_refresh_command(&["sleep", "30"], "500ms"),
+    ));
     let daemon = Daemon::start(&harness);
     daemon.wait_for("timed out and was killed", 1, Duration::from_secs(5));
 }
@@ -241,11 +198,7 @@ fn on_refresh_signals_the_process_in_the_pid_file() {
         .spawn()
         .expect("consumer");
     assert!(wait_until(Duration::from_secs(5), || pid_file.exists()));
-    let client_extra = format!(
-        "[clients.api.on_refresh]\nsignal = \"SIGHUP\"\npid_file = \"{}\"\n",
-        pid_file.display()
-    );
-    harness.write("bearerd.toml", &config(&idp, "", &client_extra));
+    harness.write_config(&config(api(&idp).on_refresh_signal("SIGHUP", &pid_file)));
     let daemon = Daemon::start(&harness);
     assert!(
         wait_until(Duration::from_secs(5), || got.exists()),

@@ -14,9 +14,10 @@ use bearerd_idp::IdpSettings;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::harness::pki::{self, Pki};
+use crate::harness::{Client, Config};
 use crate::harness::{Daemon, Harness, TestIdp, text, wait_until};
-use crate::interop::pki::{self, Pki};
-use crate::interop::{bearerd, client_toml, fail_at_runtime, quoted, succeed};
+use crate::interop::{bearerd, fail_at_runtime, succeed};
 
 /// What the test server issues to every request that gets through the handshake.
 const TOKEN: &str = "tls-ok";
@@ -195,10 +196,6 @@ fn dated_certificate(dir: &Path, name: &str, start: &str, end: &str) -> (PathBuf
     (dir.join(cert), key)
 }
 
-fn path(path: &Path) -> String {
-    quoted(path.to_str().expect("UTF-8 path"))
-}
-
 /// `bearerd.toml` with `[agent] backoff_max` and one client `api` posting to `token_url`.
 fn config(
     harness: &Harness,
@@ -206,15 +203,16 @@ fn config(
     ca_file: Option<&Path>,
     backoff_max: &str,
 ) -> PathBuf {
-    let mut settings = format!(
-        "token_url = {}\nclient_id = \"bot\"\nclient_secret = \"s\"",
-        quoted(token_url)
-    );
+    let mut client = Client::new("api")
+        .token_url(token_url)
+        .client_id("bot")
+        .secret("s")
+        .output("api.token");
     if let Some(ca_file) = ca_file {
-        settings.push_str(&format!("\nca_file = {}", path(ca_file)));
+        client = client.ca_file(ca_file);
     }
-    let agent = format!("[agent]\nbackoff_min = \"50ms\"\nbackoff_max = \"{backoff_max}\"\n\n");
-    harness.write("bearerd.toml", &(agent + &client_toml("api", &settings)))
+    let config = Config::new().backoff("50ms", backoff_max).client(client);
+    harness.write_config(&config)
 }
 
 /// `run --once` against `server` fails with `expected` after one attempt, logged as permanent,
@@ -390,20 +388,20 @@ fn a_plain_http_mtls_alias_in_discovery_is_refused_and_never_posted_to() {
     });
     // The endpoint is the client's proxy too: a request for the remote alias would reach it,
     // and be counted, rather than fail to resolve.
-    let client = |extra: &str| {
-        client_toml(
-            "mtls",
-            &format!(
-                "issuer = {}\nclient_id = \"mtls-bot\"\nauth_method = \"tls_client_auth\"\n\
-                 tls_cert_file = {}\ntls_key_file = {}\nproxy = {}\n{extra}",
-                quoted(&idp.issuer()),
-                path(&pki.client_cert),
-                path(&pki.client_key),
-                quoted(&idp.issuer()),
-            ),
-        )
+    let client = || {
+        Client::new("mtls")
+            .issuer(&idp.issuer())
+            .client_id("mtls-bot")
+            .auth_method("tls_client_auth")
+            .set(
+                "tls_cert_file",
+                pki.client_cert.to_str().expect("UTF-8 path"),
+            )
+            .set("tls_key_file", pki.client_key.to_str().expect("UTF-8 path"))
+            .set("proxy", &idp.issuer())
+            .output("mtls.token")
     };
-    let config = harness.write("bearerd.toml", &client(""));
+    let config = harness.write_config(&Config::new().client(client()));
     let output = fail_at_runtime(bearerd(
         &harness,
         &config,
@@ -423,7 +421,8 @@ fn a_plain_http_mtls_alias_in_discovery_is_refused_and_never_posted_to() {
 
     // With allow_insecure_http the alias is used, so the request would have been seen (the
     // endpoint refuses it: it knows no tls_client_auth).
-    let config = harness.write("bearerd.toml", &client("allow_insecure_http = true"));
+    let config =
+        harness.write_config(&Config::new().client(client().line("allow_insecure_http = true")));
     bearerd(&harness, &config, &["run", "--once"])
         .output()
         .expect("run bearerd");

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bearerd_idp::IdpSettings;
 use serde_json::json;
 
-use super::{bearerd, client_toml, quoted, succeed};
-use crate::harness::{Harness, TestIdp};
+use super::{bearerd, client, succeed};
+use crate::harness::{Client, Config, Harness, TestIdp, pki};
 use crate::oidc::jwt_claims;
 
 /// A forwarding HTTP proxy on `127.0.0.1`: `CONNECT host:port` opens a tunnel, an absolute-form
@@ -133,18 +133,12 @@ fn serve(client: TcpStream, seen: &Mutex<Vec<String>>) {
     let _ = pump.join();
 }
 
-/// A config with one `client_secret_basic` client against `token_url`, plus `extra` TOML lines.
-fn config(harness: &Harness, token_url: &str, extra: &str) -> std::path::PathBuf {
-    harness.write(
-        "bearerd.toml",
-        &client_toml(
-            "api",
-            &format!(
-                "token_url = {}\nclient_id = \"api-bot\"\nclient_secret = \"api-secret\"\n{extra}",
-                quoted(token_url)
-            ),
-        ),
-    )
+/// One `client_secret_basic` client, `api-bot`, against `token_url`.
+fn api(token_url: &str) -> Client {
+    client("api")
+        .token_url(token_url)
+        .client_id("api-bot")
+        .secret("api-secret")
 }
 
 #[test]
@@ -153,11 +147,8 @@ fn the_proxy_key_sends_the_token_request_through_the_proxy_even_to_loopback() {
     idp.add_client("api-bot", "api-secret", Duration::from_secs(300));
     let proxy = Proxy::start();
     let harness = Harness::new();
-    let config = config(
-        &harness,
-        &idp.token_url(),
-        &format!("proxy = {}", quoted(&proxy.url)),
-    );
+    let config =
+        harness.write_config(&Config::new().client(api(&idp.token_url()).set("proxy", &proxy.url)));
     // An explicit `proxy` replaces the environment's settings, NO_PROXY included.
     let mut command = bearerd(&harness, &config, &["run", "--once"]);
     command.env("NO_PROXY", "127.0.0.1,localhost");
@@ -178,7 +169,7 @@ fn http_proxy_from_the_environment_applies_to_loopback_unless_no_proxy_names_it(
     idp.add_client("api-bot", "api-secret", Duration::from_secs(300));
     let proxy = Proxy::start();
     let harness = Harness::new();
-    let config = config(&harness, &idp.token_url(), "");
+    let config = harness.write_config(&Config::new().client(api(&idp.token_url())));
 
     let mut command = bearerd(&harness, &config, &["token", "api"]);
     command.env("HTTP_PROXY", &proxy.url);
@@ -200,19 +191,18 @@ fn http_proxy_from_the_environment_applies_to_loopback_unless_no_proxy_names_it(
 #[test]
 fn https_proxy_tunnels_to_an_https_token_endpoint_with_connect() {
     let harness = Harness::new();
-    let pki = super::pki::Pki::create(harness.dir.path());
+    let pki = pki::Pki::create(harness.dir.path());
     let idp = super::tls_provider(
         &pki,
         json!([{"client_id": "api-bot", "client_secret": "api-secret",
                 "token_endpoint_auth_method": "client_secret_basic"}]),
     );
     let proxy = Proxy::start();
-    let config = config(
-        &harness,
-        &idp.token_endpoint,
-        &format!(
-            "ca_file = {}\nextra_params = {{ resource = \"https://api.example.com\" }}",
-            quoted(pki.ca_cert.to_str().expect("UTF-8 path"))
+    let config = harness.write_config(
+        &Config::new().client(
+            api(&idp.token_endpoint)
+                .ca_file(&pki.ca_cert)
+                .extra_params(&[("resource", "https://api.example.com")]),
         ),
     );
     let mut command = bearerd(&harness, &config, &["token", "api"]);

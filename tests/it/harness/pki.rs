@@ -1,7 +1,7 @@
-//! Keys and certificates made at test time with the `openssl` command: signing keys for
-//! `private_key_jwt` (with their public JWKs) and a private CA with a server and a client
-//! certificate for `https` and `tls_client_auth`. Nothing here is committed or reused between runs;
-//! a missing `openssl` fails the test with how to install it.
+//! The one place tests get keys and certificates, made at test time with the `openssl` command:
+//! signing keys for `private_key_jwt` (with their public halves) and a private CA with server and
+//! client certificates for `https` and `tls_client_auth`. Nothing here is committed or reused
+//! between runs; a missing `openssl` fails the test with how to install it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,15 +91,7 @@ pub fn public_jwk(key_file: &Path, kid: &str) -> Value {
             "e": URL_SAFE_NO_PAD.encode(&components.e),
         });
     }
-    let ec = EcdsaKeyPair::from_pkcs8(
-        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        der,
-        &ring::rand::SystemRandom::new(),
-    )
-    .expect("an RSA or P-256 key");
-    // An uncompressed point: 0x04 ‖ x ‖ y.
-    let point = ec.public_key().as_ref();
-    assert_eq!(point.len(), 65, "uncompressed P-256 point");
+    let point = ec_point(der, key_file);
     json!({
         "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
         "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
@@ -107,9 +99,32 @@ pub fn public_jwk(key_file: &Path, kid: &str) -> Value {
     })
 }
 
+/// The public half of the P-256 key in PKCS#8 PEM at `key_file`, as an uncompressed point
+/// (`0x04 ‖ x ‖ y`, what the in-process endpoint's key clients take).
+pub fn ec_public_point(key_file: &Path) -> Vec<u8> {
+    let pem = std::fs::read(key_file).expect("read the key");
+    match PrivateKeyDer::from_pem_slice(&pem).expect("a PEM private key") {
+        PrivateKeyDer::Pkcs8(der) => ec_point(der.secret_pkcs8_der(), key_file),
+        _ => panic!("expected a PKCS#8 key in {}", key_file.display()),
+    }
+}
+
+fn ec_point(pkcs8: &[u8], key_file: &Path) -> Vec<u8> {
+    let ec = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap_or_else(|_| panic!("an RSA or P-256 key in {}", key_file.display()));
+    let point = ec.public_key().as_ref().to_vec();
+    assert_eq!(point.len(), 65, "uncompressed P-256 point");
+    point
+}
+
 /// A private CA, a server certificate for 127.0.0.1 and localhost, and a client certificate with
-/// subject [`CLIENT_SUBJECT`], all P-256 and valid for a day.
+/// subject [`CLIENT_SUBJECT`], all P-256 and valid for a day, in `dir`.
 pub struct Pki {
+    dir: PathBuf,
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -140,20 +155,16 @@ impl Pki {
                 "ca.pem",
             ],
         );
-        let leaf = |name: &str, subject: &str, extensions: &[&str]| {
-            ec_key(dir, &format!("{name}.key"));
-            let key = format!("{name}.key");
-            let cert = format!("{name}.pem");
-            let mut args = vec![
-                "req", "-x509", "-new", "-key", &key, "-CA", "ca.pem", "-CAkey", "ca.key", "-subj",
-                subject, "-days", "1", "-out", &cert,
-            ];
-            for extension in extensions {
-                args.extend(["-addext", extension]);
-            }
-            openssl(dir, &args);
+        assert!(ca_key.is_file());
+        let pki = Pki {
+            dir: dir.to_owned(),
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
         };
-        leaf(
+        pki.leaf(
             "server",
             "/CN=127.0.0.1",
             &[
@@ -162,22 +173,37 @@ impl Pki {
                 "extendedKeyUsage=serverAuth",
             ],
         );
-        leaf(
-            "client",
+        pki.client_certificate("client");
+        pki
+    }
+
+    /// Another client certificate from the CA with subject [`CLIENT_SUBJECT`] and a new key:
+    /// `(NAME.pem, NAME.key)`.
+    pub fn client_certificate(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.leaf(
+            name,
             &format!("/{CLIENT_SUBJECT}"),
             &[
                 "basicConstraints=critical,CA:FALSE",
                 "extendedKeyUsage=clientAuth",
             ],
-        );
-        assert!(ca_key.is_file());
-        Pki {
-            ca_cert: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client.key"),
+        )
+    }
+
+    /// `NAME.pem` signed by the CA for a new key `NAME.key`.
+    fn leaf(&self, name: &str, subject: &str, extensions: &[&str]) -> (PathBuf, PathBuf) {
+        let key = format!("{name}.key");
+        ec_key(&self.dir, &key);
+        let cert = format!("{name}.pem");
+        let mut args = vec![
+            "req", "-x509", "-new", "-key", &key, "-CA", "ca.pem", "-CAkey", "ca.key", "-subj",
+            subject, "-days", "1", "-out", &cert,
+        ];
+        for extension in extensions {
+            args.extend(["-addext", extension]);
         }
+        openssl(&self.dir, &args);
+        (self.dir.join(cert), self.dir.join(key))
     }
 
     /// RFC 8705 §3.1: base64url(SHA-256(DER of the client certificate)), the `cnf` claim's
