@@ -168,6 +168,9 @@ fn a_restart_reuses_valid_tokens_and_refetches_only_changed_clients() {
     let daemon = Daemon::start(&harness);
     let alpha = wait_for_change(&harness, "alpha", "", Duration::from_secs(5));
     let beta = wait_for_change(&harness, "beta", "", Duration::from_secs(5));
+    // Logged after the state file is saved, which follows the token files: stopping before it
+    // would leave a client with nothing to reuse.
+    daemon.wait_for("token refreshed", 2, Duration::from_secs(5));
     let (status, _) = daemon.terminate();
     assert!(status.success());
     assert_eq!(idp.token_request_count(), 2);
