@@ -4,6 +4,7 @@
 //! - [`cli`]: the clap definition (the binary, the man page and completions use it).
 //! - [`config`]: the TOML file → a validated [`config::Config`] (every error located).
 //! - [`secret`]: [`secret::Secret`], whose value only `expose()` reveals; fingerprints.
+//! - [`token`](mod@token): [`token::Token`] and the RFC 6750 `b64token` check (a leaf).
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
 //! - [`schedule`]: pure timing: refresh deadlines and backoff.
 //! - [`clock`]: the only place that reads the wall clock or sleeps.
@@ -32,6 +33,7 @@ pub mod secret;
 pub mod state;
 pub mod supervisor;
 pub mod systemd;
+pub mod token;
 pub mod worker;
 
 use std::collections::BTreeSet;

@@ -20,6 +20,7 @@ use url::form_urlencoded;
 
 use crate::config::TlsSettings;
 use crate::secret::Secret;
+use crate::token::{Token, is_b64token};
 
 /// Sent as `User-Agent` with every request.
 pub const USER_AGENT: &str = concat!("bearerd/", env!("CARGO_PKG_VERSION"));
@@ -53,17 +54,6 @@ const PERMANENT_ERRORS: [&str; 6] = [
 
 /// OAuth error codes that say the server is temporarily unable, whatever the status.
 const TRANSIENT_ERRORS: [&str; 2] = ["server_error", "temporarily_unavailable"];
-
-/// A token as issued, after validation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Token {
-    pub access_token: Secret,
-    /// As the server spelled it; compared case-insensitively.
-    pub token_type: String,
-    pub scope: Option<String>,
-    pub issued_at: SystemTime,
-    pub expires_at: SystemTime,
-}
 
 /// Why a request did not produce a token, classified for the retry loop.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -1027,16 +1017,6 @@ fn jwt_expiry(token: &str) -> Option<f64> {
     claims.get("exp")?.as_f64().filter(|exp| exp.is_finite())
 }
 
-/// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`. Such a
-/// token cannot break a header line, a shell word or a JSON string.
-pub fn is_b64token(token: &str) -> bool {
-    let body = token.trim_end_matches('=');
-    !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
-}
-
 /// RFC 6749 §11.1 `type-name = 1*name-char`, `name-char = "-" / "." / "_" / DIGIT / ALPHA`.
 fn is_type_name(text: &str) -> bool {
     !text.is_empty()
@@ -1748,33 +1728,6 @@ Gq7fTDwMLg==\n\
             error.message(),
             "200 OK but no access_token: invalid_client: nope"
         );
-    }
-
-    #[test]
-    fn b64token_syntax() {
-        for good in ["a", "abc==", "A-Z.a_z~0+9/", "x=", "eyJ.eyJ.sig"] {
-            assert!(is_b64token(good), "{good}");
-        }
-        for bad in [
-            "",
-            "=",
-            "==",
-            "a b",
-            "a\nb",
-            "a\r",
-            "a\"b",
-            "a'b",
-            "$(reboot)",
-            "`id`",
-            "a;b",
-            "tøken",
-            "a=b",
-            "a\tb",
-            "a\\b",
-            "a,b",
-        ] {
-            assert!(!is_b64token(bad), "{bad:?}");
-        }
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Agent, Auth, ClientSpec, Endpoint};
-use crate::oauth::Token;
 use crate::output;
 use crate::secret::{self, Secret};
+use crate::token::{Token, is_b64token};
 
 const VERSION: u32 = 1;
 
@@ -79,7 +79,7 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     if persisted.version != VERSION || persisted.settings != settings_fingerprint(client) {
         return None;
     }
-    if !crate::oauth::is_b64token(&persisted.access_token) {
+    if !is_b64token(&persisted.access_token) {
         return None;
     }
     let at = |secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs));

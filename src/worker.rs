@@ -12,10 +12,11 @@ use crate::clock::Clock;
 use crate::config::{
     Agent, Auth, ClientName, ClientSpec, Endpoint, OnExpiry, SecretMethod, TlsSettings,
 };
-use crate::oauth::{self, Credentials, Discovery, FetchError, Token, TokenRequest};
+use crate::oauth::{self, Credentials, Discovery, FetchError, TokenRequest};
 use crate::output;
 use crate::schedule::{self, Backoff, Failure};
 use crate::state;
+use crate::token::Token;
 
 /// What every worker of one configuration shares: agent settings, the clock, the bound on
 /// requests in flight, and HTTP clients (one per distinct TLS setting, so connection pools and
@@ -236,7 +237,7 @@ pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool
         let mut changed = false;
         let mut errors = Vec::new();
         for output in &spec.outputs {
-            let bytes = output::render(&output.format, &token, &spec.name);
+            let bytes = output::render(&output.format, &token, spec.name.as_str());
             match output::write_if_changed(&output.path, &bytes, output.mode) {
                 Ok(wrote) => changed |= wrote,
                 Err(error) => errors.push(error.to_string()),

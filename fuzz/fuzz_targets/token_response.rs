@@ -6,7 +6,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use bearerd::oauth::{MAX_LIFETIME, MIN_LIFETIME, is_b64token, parse_response};
+use bearerd::oauth::{MAX_LIFETIME, MIN_LIFETIME, parse_response};
+use bearerd::token::is_b64token;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u8, Option<String>, bool, &[u8])| {

@@ -260,7 +260,7 @@ fn token_prints_the_bare_token_and_nothing_else() {
     let output = harness.run(&["token", "reports"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let token = text(&output.stdout);
-    assert!(bearerd::oauth::is_b64token(&token), "{token:?}");
+    assert!(bearerd::token::is_b64token(&token), "{token:?}");
     assert!(
         !text(&output.stderr).contains(&token),
         "the token never reaches the log"
@@ -447,7 +447,7 @@ fn permanent_errors_fail_at_once_and_transient_ones_are_ridden_out() {
     let output = harness.run(&["run", "--once", "--deadline", "20s"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(idp.token_request_count(), 3, "two failures, then success");
-    assert!(bearerd::oauth::is_b64token(&harness.read("api.token")));
+    assert!(bearerd::token::is_b64token(&harness.read("api.token")));
 }
 
 #[test]

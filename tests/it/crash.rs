@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bearerd::oauth::is_b64token;
+use bearerd::token::is_b64token;
 use bearerd_idp::IdpSettings;
 use rand::{Rng, SeedableRng};
 

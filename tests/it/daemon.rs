@@ -490,3 +490,63 @@ fn a_token_endpoint_that_goes_missing_is_discovered_again() {
         "a 404 from the token endpoint drops the cached discovery"
     );
 }
+
+/// The one path from a fetched token to its files, `worker::write_outputs`: every output in
+/// its format with exactly its mode, the client's name in a template, and a second write of
+/// the same token leaves the files alone (same inode) and reports no change, so no
+/// `on_refresh` hook runs for it.
+#[test]
+fn write_outputs_writes_each_format_and_leaves_unchanged_files_alone() {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+
+    let harness = Harness::new();
+    let path = harness.write(
+        "bearerd.toml",
+        r#"
+[clients.api]
+token_url = "http://127.0.0.1:9/token"
+client_id = "api"
+client_secret = "api-secret"
+
+[[clients.api.output]]
+path = "out/api.header"
+format = "header"
+mode = "0644"
+
+[[clients.api.output]]
+path = "out/api.txt"
+format = "template"
+template = "{{ client }}={{ access_token }}"
+"#,
+    );
+    let config = bearerd::config::Config::load(&path).expect("config");
+    let spec = Arc::new(config.clients[0].clone());
+    let token = bearerd::token::Token {
+        access_token: bearerd::secret::Secret::new("abc.def"),
+        token_type: "Bearer".to_owned(),
+        scope: None,
+        issued_at: std::time::UNIX_EPOCH,
+        expires_at: std::time::UNIX_EPOCH + Duration::from_secs(3600),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let write = || runtime.block_on(bearerd::worker::write_outputs(&spec, &token));
+
+    assert_eq!(write(), Ok(true));
+    let header = harness.path("out/api.header");
+    assert_eq!(
+        std::fs::read_to_string(&header).expect("header"),
+        "Authorization: Bearer abc.def\n"
+    );
+    let metadata = std::fs::metadata(&header).expect("metadata");
+    assert_eq!(metadata.mode() & 0o7777, 0o644);
+    assert_eq!(harness.read("out/api.txt"), "api=abc.def");
+
+    assert_eq!(write(), Ok(false));
+    assert_eq!(
+        std::fs::metadata(&header).expect("metadata").ino(),
+        metadata.ino()
+    );
+}

@@ -720,7 +720,7 @@ fn filesystem_faults_fail_clearly_spare_other_clients_and_recover() {
         match *victim {
             "denied" | "readonly" | "full" => assert_eq!(&snapshot(victim), files, "{victim}"),
             // Outputs are written one by one: the token file may already hold the new token.
-            "occupied" => assert!(bearerd::oauth::is_b64token(
+            "occupied" => assert!(bearerd::token::is_b64token(
                 &std::fs::read_to_string(file(victim, "token")).expect("token")
             )),
             _ => {}
@@ -742,7 +742,7 @@ fn filesystem_faults_fail_clearly_spare_other_clients_and_recover() {
             victims.iter().all(|victim| {
                 let token = std::fs::read_to_string(file(victim, "token")).unwrap_or_default();
                 let env = std::fs::read_to_string(file(victim, "env")).unwrap_or_default();
-                bearerd::oauth::is_b64token(&token)
+                bearerd::token::is_b64token(&token)
                     && env.starts_with(&format!("{}_TOKEN={token}\n", victim.to_uppercase()))
             })
         }),

@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use bearerd::config::{ClientName, Config};
-use bearerd::oauth::{MAX_LIFETIME, MIN_LIFETIME, Token, is_b64token, parse_response};
+use bearerd::config::Config;
+use bearerd::oauth::{MAX_LIFETIME, MIN_LIFETIME, parse_response};
 use bearerd::output::{Format, render};
 use bearerd::secret::Secret;
+use bearerd::token::{Token, is_b64token};
 use proptest::prelude::*;
 
 const PATH: &str = "/nonexistent-bearerd-properties/bearerd.toml";
@@ -226,23 +227,23 @@ proptest! {
         access_token in "[A-Za-z0-9._~+/-]{1,80}={0,3}",
         expires_in in 1u64..=MAX_LIFETIME.as_secs(),
     ) {
-        let client = ClientName::parse("api").expect("name");
+        let client = "api";
         let issued = token(&access_token, expires_in);
 
-        let header = String::from_utf8(render(&Format::Header, &issued, &client)).expect("UTF-8");
+        let header = String::from_utf8(render(&Format::Header, &issued, client)).expect("UTF-8");
         prop_assert_eq!(header, format!("Authorization: Bearer {access_token}\n"));
 
-        prop_assert_eq!(render(&Format::Token, &issued, &client), access_token.as_bytes());
+        prop_assert_eq!(render(&Format::Token, &issued, client), access_token.as_bytes());
 
         let json: serde_json::Value =
-            serde_json::from_slice(&render(&Format::Json, &issued, &client)).expect("JSON");
+            serde_json::from_slice(&render(&Format::Json, &issued, client)).expect("JSON");
         prop_assert_eq!(&json["access_token"], &serde_json::Value::from(access_token.as_str()));
         prop_assert_eq!(&json["expires_in"], &serde_json::Value::from(expires_in));
 
         let env = String::from_utf8(render(
             &Format::Env { variable: "API_TOKEN".to_owned() },
             &issued,
-            &client,
+            client,
         ))
         .expect("UTF-8");
         let value = env

@@ -1,0 +1,59 @@
+//! An access token as issued ([`Token`]) and the RFC 6750 `b64token` syntax every accepted token
+//! has ([`is_b64token`]). It must not fetch, parse responses, read the clock or format a token.
+
+use std::time::SystemTime;
+
+use crate::secret::Secret;
+
+/// A token as issued, after validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Token {
+    pub access_token: Secret,
+    /// As the server spelled it; compared case-insensitively.
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+/// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`. Such a
+/// token cannot break a header line, a shell word or a JSON string.
+pub fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b64token_syntax() {
+        for good in ["a", "abc==", "A-Z.a_z~0+9/", "x=", "eyJ.eyJ.sig"] {
+            assert!(is_b64token(good), "{good}");
+        }
+        for bad in [
+            "",
+            "=",
+            "==",
+            "a b",
+            "a\nb",
+            "a\r",
+            "a\"b",
+            "a'b",
+            "$(reboot)",
+            "`id`",
+            "a;b",
+            "tøken",
+            "a=b",
+            "a\tb",
+            "a\\b",
+            "a,b",
+        ] {
+            assert!(!is_b64token(bad), "{bad:?}");
+        }
+    }
+}
