@@ -5,6 +5,7 @@
 // under test, not how a test sets the stage.
 #![allow(clippy::disallowed_methods)]
 
+mod camunda;
 mod cli;
 mod configs;
 mod crash;
