@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: the clap definition (the binary, the man page and completions use it).
 //! - [`config`]: the TOML file → a validated [`config::Config`] (every error located).
+//! - [`files`]: reading the config and the files it names: regular files within a size cap.
 //! - [`secret`]: [`secret::Secret`], whose value only `expose()` reveals; fingerprints.
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
 //! - [`schedule`]: pure timing: refresh deadlines and backoff.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod files;
 pub mod hooks;
 pub mod http;
 pub mod idp;
