@@ -1,7 +1,9 @@
 //! The configuration file: TOML text → spanned tree → validated, typed [`Config`].
-//! It reads the config file and secret files, nothing else; no network, no clock.
+//! It reads the config file and the files it names (through [`crate::files`]), nothing else;
+//! no network, no clock.
 
 use std::collections::BTreeMap;
+use std::env::VarError;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::files;
 use crate::output::OutputSpec;
 use crate::secret::Secret;
 
@@ -196,8 +199,8 @@ impl SecretSource {
 
 /// Reads a secret file, trimming one trailing newline (`\n` or `\r\n`); empty is an error.
 pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let mut text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read secret file {}: {error}", path.display()))?;
+    let mut text =
+        files::read_text(path, files::Kind::ClientSecret).map_err(|error| error.to_string())?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
@@ -280,12 +283,19 @@ pub struct Diagnostic {
     pub message: String,
 }
 
-/// Every problem found in a config file. `Display` prints one `file:line:col: key: message`
-/// line per problem.
+/// How many problems a [`ConfigError`] keeps and shows; the rest are only counted, so that a
+/// file with a million mistakes costs neither a million messages nor the time to locate them.
+pub const SHOWN_PROBLEMS: usize = 100;
+
+/// The problems found in a config file: the first [`SHOWN_PROBLEMS`], in the order found, and
+/// how many more there were. `Display` prints one `file:line:col: key: message` line per
+/// problem kept, then `file: and N more problems (…)` if there were more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub path: PathBuf,
     pub diagnostics: Vec<Diagnostic>,
+    /// Problems found beyond `diagnostics`.
+    pub more: usize,
 }
 
 impl fmt::Display for ConfigError {
@@ -304,6 +314,20 @@ impl fmt::Display for ConfigError {
                 write!(f, ": {}: {}", diagnostic.key, diagnostic.message)?;
             }
         }
+        if self.more > 0 {
+            let problems = if self.more == 1 {
+                "problem"
+            } else {
+                "problems"
+            };
+            write!(
+                f,
+                "\n{}: and {} more {problems} (only the first {} are shown)",
+                self.path.display(),
+                self.more,
+                self.diagnostics.len()
+            )?;
+        }
         Ok(())
     }
 }
@@ -313,29 +337,33 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads and validates the file at `path`, expanding `${VAR}` from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        let text = files::read_text(path, files::Kind::Config).map_err(|error| ConfigError {
             path: path.to_owned(),
             diagnostics: vec![Diagnostic {
                 location: None,
                 key: String::new(),
-                message: format!("cannot read config file: {error}"),
+                message: error.without_path(),
             }],
+            more: 0,
         })?;
-        Self::parse(path, &text, &|name| std::env::var(name).ok())
+        Self::parse(path, &text, &|name| std::env::var(name))
     }
 
     /// Validates `text` as the content of `path`. Relative paths in it are taken relative to
     /// the directory of `path`. Files it names (secrets, templates) are read to validate them.
+    /// `env` answers as [`std::env::var`] does, so that a variable that is set but not UTF-8
+    /// is told apart from one that is not set.
     pub fn parse(
         path: &Path,
         text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &dyn Fn(&str) -> Result<String, VarError>,
     ) -> Result<Config, ConfigError> {
         let mut checker = Checker {
             text,
+            line_starts: std::cell::OnceCell::new(),
             base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             env,
-            diagnostics: Vec::new(),
+            diagnostics: Problems::default(),
         };
         let config = match DeTable::parse(text) {
             Ok(root) => checker.config(path, root.get_ref()),
@@ -351,10 +379,14 @@ impl Config {
         };
         match config {
             Some(config) if checker.diagnostics.is_empty() => Ok(config),
-            _ => Err(ConfigError {
-                path: path.to_owned(),
-                diagnostics: checker.diagnostics,
-            }),
+            _ => {
+                let more = checker.diagnostics.len() - checker.diagnostics.kept.len();
+                Err(ConfigError {
+                    path: path.to_owned(),
+                    diagnostics: checker.diagnostics.kept,
+                    more,
+                })
+            }
         }
     }
 
@@ -417,9 +449,11 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 struct Checker<'a> {
     text: &'a str,
+    /// Where each line of `text` starts, computed at the first problem.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
     base_dir: PathBuf,
-    env: &'a dyn Fn(&str) -> Option<String>,
-    diagnostics: Vec<Diagnostic>,
+    env: &'a dyn Fn(&str) -> Result<String, VarError>,
+    diagnostics: Problems,
 }
 
 const AGENT_KEYS: &[&str] = &[
@@ -489,17 +523,69 @@ const SIGNALS: &[(&str, i32)] = &[
     ("SIGWINCH", signal_hook::consts::SIGWINCH),
 ];
 
+/// Every problem counted, the first [`SHOWN_PROBLEMS`] kept. `len` counts them all, so a
+/// section can tell whether it found any.
+#[derive(Default)]
+struct Problems {
+    kept: Vec<Diagnostic>,
+    found: usize,
+}
+
+impl Problems {
+    fn len(&self) -> usize {
+        self.found
+    }
+
+    fn is_empty(&self) -> bool {
+        self.found == 0
+    }
+
+    fn keeps_next(&self) -> bool {
+        self.kept.len() < SHOWN_PROBLEMS
+    }
+
+    fn push(&mut self, diagnostic: Diagnostic) {
+        if self.keeps_next() {
+            self.kept.push(diagnostic);
+        }
+        self.found += 1;
+    }
+
+    /// The last problem pushed, if it was kept.
+    fn last_mut(&mut self) -> Option<&mut Diagnostic> {
+        if self.found == self.kept.len() {
+            self.kept.last_mut()
+        } else {
+            None
+        }
+    }
+}
+
 impl Checker<'_> {
+    /// 1-based line and column (in characters) of a byte offset: a binary search in the line
+    /// starts, then a count within the line, so that many problems cost linear time in all.
     fn location(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or(self.text);
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |index| index + 1);
-        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-        (line, column)
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(index, _)| index + 1))
+                .collect()
+        });
+        let line = starts.partition_point(|&start| start <= offset);
+        let line_start = starts[line.saturating_sub(1)];
+        // Characters are the bytes that do not continue a UTF-8 sequence.
+        let column = self.text.as_bytes()[line_start..offset]
+            .iter()
+            .filter(|&&byte| byte & 0xC0 != 0x80)
+            .count();
+        (line, column + 1)
     }
 
     fn error(&mut self, span: &Span, key: &str, message: impl Into<String>) {
+        if !self.diagnostics.keeps_next() {
+            self.diagnostics.found += 1;
+            return;
+        }
         let location = Some(self.location(span.start));
         self.diagnostics.push(Diagnostic {
             location,
@@ -672,9 +758,9 @@ impl Checker<'_> {
             matches!(endpoint, Some(Endpoint::Issuer(_))),
         );
 
-        let ca_file = self.existing_file(table, prefix, "ca_file");
-        let tls_cert = self.existing_file(table, prefix, "tls_cert_file");
-        let tls_key = self.existing_file(table, prefix, "tls_key_file");
+        let ca_file = self.existing_file(table, prefix, "ca_file", files::Kind::CaFile);
+        let tls_cert = self.existing_file(table, prefix, "tls_cert_file", files::Kind::TlsCert);
+        let tls_key = self.existing_file(table, prefix, "tls_key_file", files::Kind::TlsKey);
         let identity = match (tls_cert, tls_key) {
             (Some(cert_file), Some(key_file)) => Some(TlsIdentity {
                 cert_file,
@@ -769,7 +855,8 @@ impl Checker<'_> {
         let method = self.string(table, prefix, "auth_method");
         let secret = self.string(table, prefix, "client_secret");
         let secret_file = self.string(table, prefix, "client_secret_file");
-        let key_file = self.existing_file(table, prefix, "private_key_file");
+        let key_file =
+            self.existing_file(table, prefix, "private_key_file", files::Kind::PrivateKey);
         let key_id = self.non_empty_string(table, prefix, "key_id");
         let assertion_audience = self.non_empty_string(table, prefix, "assertion_audience");
         let method_key = format!("{prefix}.auth_method");
@@ -966,15 +1053,42 @@ impl Checker<'_> {
     ) -> Option<OutputSpec> {
         self.unknown_keys(table, prefix, OUTPUT_KEYS);
         let errors_before = self.diagnostics.len();
-        let path = self
-            .required_string(table, &span, prefix, "path")
-            .map(|path| self.resolve(&path));
+        let path = match self.required_string(table, &span, prefix, "path") {
+            Some(text) => {
+                let resolved = self.resolve(&text);
+                match check_output_path(&text, &resolved) {
+                    Ok(()) => Some(resolved),
+                    Err(message) => {
+                        let path_span = table.get("path").map_or(span.clone(), Spanned::span);
+                        self.error(&path_span, &format!("{prefix}.path"), message);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let format_name = self
             .string(table, prefix, "format")
             .unwrap_or(("token".to_owned(), span.clone()));
         let mode = match self.string(table, prefix, "mode") {
             None => 0o600,
             Some((text, span)) => match parse_mode(&text) {
+                Some(mode) if mode & 0o022 != 0 => {
+                    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                        (true, true) => "the group and others",
+                        (true, false) => "the group",
+                        _ => "others",
+                    };
+                    self.error(
+                        &span,
+                        &format!("{prefix}.mode"),
+                        format!(
+                            "expected a mode that lets only the owner write, such as \"0600\" \
+                             or \"0640\"; {text:?} lets {who} write the file"
+                        ),
+                    );
+                    0o600
+                }
                 Some(mode) => mode,
                 None => {
                     self.error(
@@ -1078,14 +1192,10 @@ impl Checker<'_> {
             (None, Some((path, span))) => {
                 let key = format!("{prefix}.template_file");
                 let path = self.resolve(&path);
-                match std::fs::read_to_string(&path) {
+                match files::read_text(&path, files::Kind::Template) {
                     Ok(text) => (text, span, key),
                     Err(error) => {
-                        self.error(
-                            &span,
-                            &key,
-                            format!("cannot read template file {}: {error}", path.display()),
-                        );
+                        self.error(&span, &key, error.to_string());
                         return None;
                     }
                 }
@@ -1490,15 +1600,19 @@ impl Checker<'_> {
         Some(url)
     }
 
-    fn existing_file(&mut self, table: &DeTable<'_>, prefix: &str, key: &str) -> Option<PathBuf> {
+    /// A file that is read at use (a key or a certificate): read now too, so that `check`
+    /// catches a missing, unreadable or oversized one.
+    fn existing_file(
+        &mut self,
+        table: &DeTable<'_>,
+        prefix: &str,
+        key: &str,
+        kind: files::Kind,
+    ) -> Option<PathBuf> {
         let (text, span) = self.string(table, prefix, key)?;
         let path = self.resolve(&text);
-        if let Err(error) = std::fs::File::open(&path) {
-            self.error(
-                &span,
-                &format!("{prefix}.{key}"),
-                format!("cannot read {}: {error}", path.display()),
-            );
+        if let Err(error) = files::read(&path, kind) {
+            self.error(&span, &format!("{prefix}.{key}"), error.to_string());
             return None;
         }
         Some(path)
@@ -1521,7 +1635,10 @@ impl Checker<'_> {
 }
 
 /// `${VAR}` expansion from `env`; an unset variable is an error, `$${` a literal `${`.
-pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Result<String, VarError>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(index) = rest.find('$') {
@@ -1542,8 +1659,16 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
                 return Err(format!("invalid variable name in ${{{name}}}"));
             }
             match env(name) {
-                Some(value) => out.push_str(&value),
-                None => return Err(format!("environment variable {name} is not set")),
+                Ok(value) => out.push_str(&value),
+                Err(VarError::NotPresent) => {
+                    return Err(format!("environment variable {name} is not set"));
+                }
+                // The value may be a secret: never shown, not even in part.
+                Err(VarError::NotUnicode(_)) => {
+                    return Err(format!(
+                        "environment variable {name} is set but is not valid UTF-8"
+                    ));
+                }
             }
             rest = &body[end + 1..];
         } else {
@@ -1575,6 +1700,65 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
+}
+
+/// Longest name of a file in a directory (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Longest path a system call takes, its terminating NUL included (Linux `PATH_MAX`).
+const PATH_MAX: usize = 4096;
+
+/// Why an output at `path` (as written: `text`) could never be written, if so. bearerd writes
+/// `DIR/.NAME.bearerd-tmp-XXXXXXXXXXXXXXXX` and renames it to `path`, so that temporary name
+/// must fit the system's limits too.
+fn check_output_path(text: &str, path: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    if text.contains('\0') {
+        return Err("contains a NUL byte, which no path can hold".to_owned());
+    }
+    if text.ends_with('/') {
+        return Err(format!(
+            "expected the path of a file, found {text:?}, which ends with /"
+        ));
+    }
+    let last = text.rsplit('/').next().unwrap_or(text);
+    if last == "." || last == ".." {
+        return Err(format!(
+            "expected the path of a file, found {text:?}, which ends with {last:?}"
+        ));
+    }
+    let bytes = path.as_os_str().as_bytes();
+    if let Some(long) = bytes
+        .split(|&byte| byte == b'/')
+        .find(|component| component.len() > NAME_MAX)
+    {
+        return Err(format!(
+            "a name in the path is {} bytes long; the system allows at most {NAME_MAX} \
+             (NAME_MAX)",
+            long.len()
+        ));
+    }
+    let name_len = bytes
+        .rsplit(|&byte| byte == b'/')
+        .next()
+        .map_or(0, <[u8]>::len);
+    let name_max = NAME_MAX - output::TEMP_NAME_EXTRA;
+    if name_len > name_max {
+        return Err(format!(
+            "the file name is {name_len} bytes long; at most {name_max}, so that the name of \
+             its temporary file ({extra} bytes longer) fits in {NAME_MAX} (NAME_MAX)",
+            extra = output::TEMP_NAME_EXTRA
+        ));
+    }
+    let path_max = PATH_MAX - 1 - output::TEMP_NAME_EXTRA;
+    if bytes.len() > path_max {
+        return Err(format!(
+            "the path is {} bytes long; at most {path_max}, so that the path of its temporary \
+             file ({extra} bytes longer) fits in {PATH_MAX} bytes with a NUL (PATH_MAX)",
+            bytes.len(),
+            extra = output::TEMP_NAME_EXTRA
+        ));
+    }
+    Ok(())
 }
 
 /// `"0640"`, `"640"` or `"0o640"` → 0o640; at most 0o777.
@@ -1611,11 +1795,12 @@ fn output_path_span(root: &DeTable<'_>, client: &ClientName, index: usize) -> Op
 mod tests {
     use super::*;
 
-    fn env(name: &str) -> Option<String> {
+    fn env(name: &str) -> Result<String, VarError> {
         match name {
-            "TASKLIST_SECRET" => Some("s3cr3t +/%:&= x".to_owned()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
+            "TASKLIST_SECRET" => Ok("s3cr3t +/%:&= x".to_owned()),
+            "EMPTY" => Ok(String::new()),
+            "NOT_UTF8" => Err(VarError::NotUnicode(std::ffi::OsString::from("x"))),
+            _ => Err(VarError::NotPresent),
         }
     }
 
@@ -1762,6 +1947,10 @@ path = "/tmp/x"
             expand("${NOPE}"),
             Err("environment variable NOPE is not set".to_owned())
         );
+        assert_eq!(
+            expand("${NOT_UTF8}"),
+            Err("environment variable NOT_UTF8 is set but is not valid UTF-8".to_owned())
+        );
         assert!(expand("${OPEN").is_err());
         assert!(expand("${1BAD}").is_err());
     }
@@ -1808,6 +1997,38 @@ mode = "0999"
         assert!(lines[3].starts_with(
             "/etc/bearerd/bearerd.toml:12:8: clients.api.output[0].mode: expected an octal"
         ));
+    }
+
+    #[test]
+    fn columns_count_characters_and_problems_past_the_hundredth_are_only_counted() {
+        let lines = errors("[agent]\n\"é€\" = 1\n");
+        assert_eq!(
+            lines,
+            [
+                "/etc/bearerd/bearerd.toml:2:1: agent.é€: unknown key; expected one of: \
+              refresh_at, listen, log_format, http_timeout, max_concurrent_requests, \
+              default_lifetime, backoff_min, backoff_max, state_dir"
+            ]
+        );
+        let lines = errors("\nagent = { \"é\" = 1, refresh_at = 2.0 }\n");
+        assert!(
+            lines[1].starts_with("/etc/bearerd/bearerd.toml:2:33: agent.refresh_at:"),
+            "{lines:?}"
+        );
+
+        let mut text = String::from("[agent]\n");
+        for number in 0..SHOWN_PROBLEMS + 1 {
+            text.push_str(&format!("\"é{number:03}\" = 1\n"));
+        }
+        let Err(error) = parse(&text) else {
+            panic!("expected errors")
+        };
+        assert_eq!((error.diagnostics.len(), error.more), (SHOWN_PROBLEMS, 1));
+        assert_eq!(error.diagnostics[99].location, Some((101, 1)));
+        assert_eq!(
+            error.to_string().lines().last(),
+            Some("/etc/bearerd/bearerd.toml: and 1 more problem (only the first 100 are shown)")
+        );
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl FileWatch {
 }
 
 fn digest_of(path: &Path) -> Option<Digest> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::files::read(path, crate::files::Kind::Watched).ok()?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     digest.as_ref().try_into().ok()
 }

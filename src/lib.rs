@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: the clap definition (the binary, the man page and completions use it).
 //! - [`config`]: the TOML file → a validated [`config::Config`] (every error located).
+//! - [`files`]: reading the config and the files it names: regular files within a size cap.
 //! - [`secret`]: [`secret::Secret`], whose value only `expose()` reveals; fingerprints.
 //! - [`token`](mod@token): [`token::Token`] and the RFC 6750 `b64token` check (a leaf).
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod files;
 pub mod hooks;
 pub mod http;
 pub mod metrics;

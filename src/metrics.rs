@@ -41,6 +41,7 @@ pub struct Metrics {
     refreshes: Family<ResultLabel, Counter>,
     last_error: Family<ClientLabel, Gauge>,
     durations: DurationHistograms,
+    reload_successful: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -57,6 +58,8 @@ impl Default for Metrics {
         let refreshes = Family::<ResultLabel, Counter>::default();
         let last_error = Family::<ClientLabel, Gauge>::default();
         let durations: DurationHistograms = Family::new_with_constructor(duration_histogram);
+        let reload_successful = Gauge::default();
+        reload_successful.set(1);
         registry.register(
             "bearerd_token_expiry_timestamp_seconds",
             "When the client's token on disk expires (Unix seconds)",
@@ -78,6 +81,11 @@ impl Default for Metrics {
             durations.clone(),
         );
         registry.register(
+            "bearerd_config_last_reload_successful",
+            "Whether the last reload applied its configuration (1), or refused it as invalid (0)",
+            reload_successful.clone(),
+        );
+        registry.register(
             "bearerd_build",
             "bearerd's version",
             Info::new(VersionLabel {
@@ -90,6 +98,7 @@ impl Default for Metrics {
             refreshes,
             last_error,
             durations,
+            reload_successful,
         }
     }
 }
@@ -126,6 +135,10 @@ impl Metrics {
 
     pub fn request_failed_at(&self, client: &ClientName, at: SystemTime) {
         self.last_error.get_or_create(&label(client)).set(unix(at));
+    }
+
+    pub fn config_reloaded(&self, applied: bool) {
+        self.reload_successful.set(i64::from(applied));
     }
 
     /// Drops a removed client's series so that dashboards do not show a ghost.

@@ -19,6 +19,7 @@ use url::Url;
 use url::form_urlencoded;
 
 use crate::config::TlsSettings;
+use crate::files;
 use crate::secret::Secret;
 use crate::token::{Token, is_b64token};
 
@@ -175,8 +176,7 @@ pub fn http_client_with_roots(
         .user_agent(USER_AGENT)
         .tls_built_in_native_certs(system_roots);
     if let Some(path) = &tls.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|error| format!("cannot read ca_file {}: {error}", path.display()))?;
+        let pem = files::read(path, files::Kind::CaFile).map_err(|error| error.to_string())?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|error| format!("ca_file {}: {}", path.display(), error_chain(&error)))?;
         if certificates.is_empty() {
@@ -192,17 +192,15 @@ pub fn http_client_with_roots(
     if let Some(identity) = &tls.identity {
         let cert_path = &identity.cert_file;
         let key_path = &identity.key_file;
-        let mut pem = std::fs::read(cert_path).map_err(|error| {
-            format!("cannot read tls_cert_file {}: {error}", cert_path.display())
-        })?;
+        let mut pem =
+            files::read(cert_path, files::Kind::TlsCert).map_err(|error| error.to_string())?;
         if CertificateDer::pem_slice_iter(&pem).next().is_none() {
             return Err(format!(
                 "tls_cert_file {}: no PEM certificate (BEGIN CERTIFICATE) found",
                 cert_path.display()
             ));
         }
-        let key = std::fs::read(key_path)
-            .map_err(|error| format!("cannot read tls_key_file {}: {error}", key_path.display()))?;
+        let key = files::read(key_path, files::Kind::TlsKey).map_err(|error| error.to_string())?;
         if PrivateKeyDer::from_pem_slice(&key).is_err() {
             return Err(format!(
                 "tls_key_file {}: no usable PEM private key found (expected BEGIN PRIVATE KEY, \

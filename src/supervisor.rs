@@ -12,7 +12,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::config::{ClientName, ClientSpec, Config};
+use crate::config::{ClientName, ClientSpec, Config, ConfigError};
 use crate::events::{Event, ReloadCause};
 use crate::metrics::Metrics;
 use crate::worker::{Command, Mode, Report, Reporter, Shared, Worker};
@@ -125,6 +125,33 @@ fn same_request(a: &ClientSpec, b: &ClientSpec) -> bool {
         && a.allow_insecure_http == b.allow_insecure_http
 }
 
+/// Reads and validates configs on a thread of its own, so that a slow load never stalls the
+/// event loop, nor the HTTP endpoint on the same thread. One long-lived thread rather than the
+/// blocking pool: loads spread over the pool's threads each left a malloc arena holding a
+/// config's worth of memory (the resident set of the `load::` test tripled). The thread ends
+/// when the supervisor drops `paths`.
+struct Loader {
+    paths: std::sync::mpsc::Sender<PathBuf>,
+    loaded: mpsc::UnboundedReceiver<Result<Config, ConfigError>>,
+}
+
+impl Loader {
+    fn start() -> std::io::Result<Self> {
+        let (paths, requests) = std::sync::mpsc::channel::<PathBuf>();
+        let (results, loaded) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("bearerd-config".to_owned())
+            .spawn(move || {
+                while let Ok(path) = requests.recv() {
+                    if results.send(Config::load(&path)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { paths, loaded })
+    }
+}
+
 struct Running {
     id: u64,
     abort: AbortHandle,
@@ -153,6 +180,12 @@ pub struct Supervisor {
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
     notices: mpsc::UnboundedSender<Notice>,
+    /// Started at the first reload.
+    loader: Option<Loader>,
+    /// The loader is reading and validating the config.
+    loading: bool,
+    /// A reload was asked for while `loading`: load once more after it, so the last change wins.
+    reload_again: bool,
     /// Files to watch changed after a reload; read by the caller.
     pub watched_files: watch::Sender<Vec<PathBuf>>,
 }
@@ -173,6 +206,9 @@ impl Supervisor {
             status: watch::channel(Status::default()).0,
             metrics: Arc::new(Metrics::default()),
             notices,
+            loader: None,
+            loading: false,
+            reload_again: false,
             watched_files,
             config,
         }
@@ -222,6 +258,22 @@ impl Supervisor {
                         && error.is_panic()
                     {
                         error!("a worker panicked: {error}");
+                    }
+                }
+                loaded = async {
+                    match self.loader.as_mut() {
+                        Some(loader) => loader.loaded.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.loading => {
+                    self.loading = false;
+                    match loaded {
+                        Some(loaded) => self.loaded(loaded),
+                        None => {
+                            self.loader = None;
+                            error!("the configuration loader stopped; keeping the running one");
+                            self.reload_done();
+                        }
                     }
                 }
             }
@@ -283,14 +335,62 @@ impl Supervisor {
                 info!(path = %path.display(), "reloading (file changed)")
             }
         }
+        if self.loading {
+            self.reload_again = true;
+            return;
+        }
         let _ = self.notices.send(Notice::Reloading);
-        match Config::load(&self.config.path) {
+        self.load();
+    }
+
+    /// Hands the config's path to the loader (started if need be); its answer arrives in `run`.
+    fn load(&mut self) {
+        if self.loader.is_none() {
+            match Loader::start() {
+                Ok(loader) => self.loader = Some(loader),
+                Err(error) => {
+                    error!(
+                        "cannot start a thread to load the configuration, keeping the running one: {error}"
+                    );
+                    self.reload_done();
+                    return;
+                }
+            }
+        }
+        let path = self.config.path.clone();
+        if self
+            .loader
+            .as_ref()
+            .is_some_and(|loader| loader.paths.send(path).is_ok())
+        {
+            self.loading = true;
+        } else {
+            self.loader = None;
+            error!("the configuration loader stopped; keeping the running one");
+            self.reload_done();
+        }
+    }
+
+    /// Loads again if a reload was asked for meanwhile, else tells systemd the reload is over.
+    fn reload_done(&mut self) {
+        if std::mem::take(&mut self.reload_again) {
+            self.load();
+        } else {
+            let _ = self.notices.send(Notice::Ready);
+        }
+    }
+
+    /// Applies a loaded config, or reports why it is refused.
+    fn loaded(&mut self, loaded: Result<Config, ConfigError>) {
+        match loaded {
             Err(error) => {
+                self.metrics.config_reloaded(false);
                 for line in error.to_string().lines() {
                     error!("invalid configuration, keeping the running one: {line}");
                 }
             }
             Ok(new) => {
+                self.metrics.config_reloaded(true);
                 let plan = plan(&self.config, &new);
                 if self.config.agent.listen != new.agent.listen {
                     warn!("a change of [agent] listen takes effect at the next restart");
@@ -318,7 +418,7 @@ impl Supervisor {
                 self.watched_files.send_replace(self.config.watched_files());
             }
         }
-        let _ = self.notices.send(Notice::Ready);
+        self.reload_done();
     }
 
     fn record(&mut self, worker: u64, report: Report) {
@@ -399,7 +499,7 @@ mod tests {
         Config::parse(
             std::path::Path::new("/etc/bearerd/bearerd.toml"),
             text,
-            &|_| None,
+            &|_| Err(std::env::VarError::NotPresent),
         )
         .expect("valid config")
     }

@@ -187,12 +187,8 @@ fn credentials(
             key_id,
             assertion_audience,
         } => {
-            let key_pem = std::fs::read_to_string(key_file).map_err(|error| {
-                FetchError::transient(format!(
-                    "cannot read private_key_file {}: {error}",
-                    key_file.display()
-                ))
-            })?;
+            let key_pem = crate::files::read_text(key_file, crate::files::Kind::PrivateKey)
+                .map_err(|error| FetchError::transient(error.to_string()))?;
             Ok(Credentials::PrivateKeyJwt {
                 key_pem: crate::secret::Secret::new(key_pem),
                 key_id: key_id.clone(),

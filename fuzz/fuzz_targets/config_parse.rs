@@ -4,6 +4,7 @@
 
 #![no_main]
 
+use std::env::VarError;
 use std::path::Path;
 
 use bearerd::config::Config;
@@ -12,7 +13,11 @@ use libfuzzer_sys::fuzz_target;
 const PATH: &str = "/nonexistent-bearerd-fuzz/bearerd.toml";
 
 fuzz_target!(|text: &str| {
-    let env = |name: &str| name.starts_with("SET").then(|| format!("value-of-{name}"));
+    let env = |name: &str| {
+        name.starts_with("SET")
+            .then(|| format!("value-of-{name}"))
+            .ok_or(VarError::NotPresent)
+    };
     match Config::parse(Path::new(PATH), text, &env) {
         Ok(config) => {
             // A valid config describes itself without panicking.
@@ -25,7 +30,13 @@ fuzz_target!(|text: &str| {
                 "an error without a diagnostic"
             );
             let shown = error.to_string();
-            assert_eq!(shown.lines().count(), error.diagnostics.len(), "{shown}");
+            // One line per problem kept, and one counting the rest if there were more.
+            assert!(error.diagnostics.len() <= bearerd::config::SHOWN_PROBLEMS);
+            assert_eq!(
+                shown.lines().count(),
+                error.diagnostics.len() + usize::from(error.more > 0),
+                "{shown}"
+            );
             for line in shown.lines() {
                 assert!(line.starts_with(PATH), "{line}");
             }

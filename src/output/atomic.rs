@@ -58,6 +58,9 @@ pub const TEMP_MARKER: &str = ".bearerd-tmp-";
 
 const TEMP_SUFFIX_LEN: usize = 16;
 
+/// How many bytes longer a temporary file's name is than the name of the file it replaces.
+pub const TEMP_NAME_EXTRA: usize = 1 + TEMP_MARKER.len() + TEMP_SUFFIX_LEN;
+
 /// Whether `name` (a file name, not a path) is one of our temporary files.
 pub fn is_temp_file_name(name: &OsStr) -> bool {
     let name = name.as_bytes();

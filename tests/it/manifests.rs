@@ -4,6 +4,7 @@
 //! never talks to a cluster, a Prometheus or systemd.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::env::VarError;
 use std::path::{Path, PathBuf};
 
 use bearerd::cli::{Cli, Command};
@@ -18,6 +19,7 @@ const METRICS: &[&str] = &[
     "bearerd_last_error_timestamp_seconds",
     "bearerd_request_duration_seconds",
     "bearerd_build_info",
+    "bearerd_config_last_reload_successful",
 ];
 
 fn packaging(path: &str) -> PathBuf {
@@ -248,7 +250,7 @@ fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) 
         std::fs::write(mirrored.join(name), value).expect("write secret");
     }
     let text = text.replace(secret_dir, &mirrored.to_string_lossy());
-    let config = Config::parse(&cli.config, &text, &|_| None)
+    let config = Config::parse(&cli.config, &text, &|_| Err(VarError::NotPresent))
         .unwrap_or_else(|error| panic!("{file}: the ConfigMap's {key}: {error}"));
     assert!(!config.clients.is_empty(), "{file}: no client");
 
@@ -383,7 +385,8 @@ fn the_alert_rules_use_real_metrics() {
 fn the_packaged_config_and_unit_agree() {
     let shipped = read("bearerd.toml");
     let installed = Path::new(bearerd::config::DEFAULT_PATH);
-    let config = Config::parse(installed, &shipped, &|_| None).expect("valid as shipped");
+    let config = Config::parse(installed, &shipped, &|_| Err(VarError::NotPresent))
+        .expect("valid as shipped");
     assert!(config.clients.is_empty());
 
     let unit = read("systemd/bearerd.service");
@@ -423,7 +426,9 @@ fn the_packaged_config_and_unit_agree() {
     std::fs::write(credentials.path().join(credential), "s3cret\n").expect("write");
     let directory = credentials.path().to_string_lossy().into_owned();
     let config = Config::parse(installed, &example, &|name| {
-        (name == "CREDENTIALS_DIRECTORY").then(|| directory.clone())
+        (name == "CREDENTIALS_DIRECTORY")
+            .then(|| directory.clone())
+            .ok_or(VarError::NotPresent)
     })
     .unwrap_or_else(|error| panic!("the uncommented example: {error}\n{example}"));
     assert_eq!(config.clients.len(), 1);
