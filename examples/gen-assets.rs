@@ -93,7 +93,10 @@ fn main_page(command: &clap::Command, writer: &mut dyn Write) -> std::io::Result
         .text([roman("reload the configuration")])
         .control("TP", [])
         .text([bold("SIGUSR1")])
-        .text([roman("refresh every client now")]);
+        .text([roman(
+            "refresh every client now (a client whose last request ended less than a second \
+             ago waits for that second)",
+        )]);
     roff.control("SH", ["ENVIRONMENT"])
         .control("TP", [])
         .text([bold("BEARERD_CONFIG")])

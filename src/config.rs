@@ -245,6 +245,8 @@ pub enum OnRefresh {
     Command {
         argv: Vec<String>,
         timeout: Duration,
+        /// Variables passed on from bearerd's environment, beside the ones it always sets.
+        pass_env: Vec<String>,
     },
     Signal {
         signal: i32,
@@ -500,7 +502,7 @@ const OUTPUT_KEYS: &[&str] = &[
     "template_file",
 ];
 
-const ON_REFRESH_KEYS: &[&str] = &["command", "signal", "pid_file", "timeout"];
+const ON_REFRESH_KEYS: &[&str] = &["command", "signal", "pid_file", "timeout", "pass_env"];
 
 /// Parameters bearerd sets itself; `extra_params` may not override them.
 const RESERVED_PARAMS: &[&str] = &[
@@ -1235,6 +1237,7 @@ impl Checker<'_> {
         let command = self.string_array(table, prefix, "command");
         let signal = self.string(table, prefix, "signal");
         let pid_file = self.string(table, prefix, "pid_file");
+        let pass_env = self.pass_env(table, prefix);
         let action = match (command, signal) {
             (Some((argv, span)), None) => {
                 if argv.is_empty() || argv[0].is_empty() {
@@ -1252,10 +1255,21 @@ impl Checker<'_> {
                             "only used with signal",
                         );
                     }
-                    Some(OnRefresh::Command { argv, timeout })
+                    Some(OnRefresh::Command {
+                        argv,
+                        timeout,
+                        pass_env,
+                    })
                 }
             }
             (None, Some((name, span))) => {
+                if let Some(span) = key_span(table, "pass_env") {
+                    self.error(
+                        &span,
+                        &format!("{prefix}.pass_env"),
+                        "only used with command",
+                    );
+                }
                 let upper = name.to_ascii_uppercase();
                 let full = if upper.starts_with("SIG") {
                     upper
@@ -1306,6 +1320,48 @@ impl Checker<'_> {
         (self.diagnostics.len() == errors_before)
             .then_some(action)
             .flatten()
+    }
+
+    /// `pass_env`: names of variables a command may see; `BEARERD_*` are bearerd's own.
+    fn pass_env(&mut self, table: &DeTable<'_>, prefix: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let Some(value) = table.get("pass_env") else {
+            return names;
+        };
+        let key = format!("{prefix}.pass_env");
+        let DeValue::Array(array) = value.get_ref() else {
+            self.error(
+                &value.span(),
+                &key,
+                format!(
+                    "expected an array of variable names such as [\"HOME\"], found {}",
+                    value.get_ref().type_str()
+                ),
+            );
+            return names;
+        };
+        for (index, item) in array.iter().enumerate() {
+            let item_key = format!("{key}[{index}]");
+            let Some(name) = self.expect_string(item, &item_key) else {
+                continue;
+            };
+            if !output::is_env_variable(&name) {
+                self.error(
+                    &item.span(),
+                    &item_key,
+                    format!("expected a variable name ([A-Za-z_][A-Za-z0-9_]*), found {name:?}"),
+                );
+            } else if name.starts_with("BEARERD_") {
+                self.error(
+                    &item.span(),
+                    &item_key,
+                    format!("{name:?} is reserved: bearerd sets the BEARERD_* variables itself"),
+                );
+            } else if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     fn extra_params(&mut self, table: &DeTable<'_>, prefix: &str) -> BTreeMap<String, String> {

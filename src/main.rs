@@ -15,6 +15,10 @@ use clap::Parser;
 const BLOCKING_THREADS: usize = 8;
 
 fn main() -> ExitCode {
+    // First, before a secret is read: a non-dumpable process leaves no core dump, and other
+    // processes of its user can neither ptrace it nor read its /proc files (environ, memory).
+    let dumpable =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -25,6 +29,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.agent.log_format);
+    if let Err(error) = dumpable {
+        tracing::warn!(%error, "cannot make the process non-dumpable; a core dump could hold secrets");
+    }
     bearerd::warn_about_permissions(&config);
 
     let runtime = match tokio::runtime::Builder::new_current_thread()

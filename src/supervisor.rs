@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::config::{ClientName, ClientSpec, Config, ConfigError};
 use crate::events::{Event, ReloadCause};
+use crate::hooks;
 use crate::metrics::Metrics;
 use crate::worker::{Command, Mode, Report, Reporter, Shared, Worker};
 
@@ -173,6 +174,9 @@ pub struct Supervisor {
     clock: Clock,
     shared: Arc<Shared>,
     workers: HashMap<ClientName, Running>,
+    /// Per client, kept while the client is configured: its worker may be replaced while an
+    /// `on_refresh` action runs.
+    hooks: HashMap<ClientName, hooks::Gate>,
     tasks: JoinSet<()>,
     reports_tx: mpsc::UnboundedSender<(u64, Report)>,
     reports: mpsc::UnboundedReceiver<(u64, Report)>,
@@ -199,6 +203,7 @@ impl Supervisor {
             shared,
             clock,
             workers: HashMap::new(),
+            hooks: HashMap::new(),
             tasks: JoinSet::new(),
             reports_tx,
             reports,
@@ -295,7 +300,8 @@ impl Supervisor {
             worker: id,
             sender: self.reports_tx.clone(),
         };
-        let worker = Worker::new(spec, Arc::clone(&self.shared), Some(reporter));
+        let gate = self.hooks.entry(name.clone()).or_default().clone();
+        let worker = Worker::new(spec, Arc::clone(&self.shared), Some(reporter)).with_hooks(gate);
         let abort = self.tasks.spawn(async move {
             let _ = worker.run(Mode::Daemon, restore, commands_rx).await;
         });
@@ -315,6 +321,9 @@ impl Supervisor {
     fn stop(&mut self, name: &ClientName) {
         if let Some(running) = self.workers.remove(name) {
             running.abort.abort();
+        }
+        if self.config.client(name.as_str()).is_none() {
+            self.hooks.remove(name);
         }
         self.metrics.forget(name);
         self.status.send_modify(|status| {

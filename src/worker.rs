@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::config::{
     Agent, Auth, ClientName, ClientSpec, Endpoint, OnExpiry, SecretMethod, TlsSettings,
 };
+use crate::hooks;
 use crate::oauth::{self, Credentials, Discovery, FetchError, TokenRequest};
 use crate::output;
 use crate::schedule::{self, Backoff, Failure};
@@ -308,6 +309,11 @@ pub enum Command {
     ClockChanged,
 }
 
+/// A refresh-now request while a request is in flight or less than this after the last one
+/// ended waits until this much time has passed, and every request meanwhile joins that one
+/// refresh: a burst of SIGUSR1s costs one request a second, not one each.
+pub const REFRESH_NOW_QUIET: Duration = Duration::from_secs(1);
+
 /// How long a worker lives.
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
@@ -323,6 +329,7 @@ pub struct Worker {
     session: Session,
     state_path: std::path::PathBuf,
     reports: Option<Reporter>,
+    hooks: hooks::Gate,
 }
 
 impl Worker {
@@ -334,7 +341,14 @@ impl Worker {
             shared,
             state_path,
             reports,
+            hooks: hooks::Gate::default(),
         }
+    }
+
+    /// Runs `on_refresh` actions through `gate`, which outlives this worker (one per client).
+    pub fn with_hooks(mut self, gate: hooks::Gate) -> Self {
+        self.hooks = gate;
+        self
     }
 
     /// Runs the client until `mode` says stop. `restore`: reuse a saved token fetched with
@@ -391,6 +405,10 @@ impl Worker {
         let mut attempt: u32 = 0;
         let mut last_error: Option<String> = None;
         let mut expired_reported = false;
+        // When the last request ended (commands sent while it was in flight are read after
+        // it), and whether a refresh-now is already waiting for the quiet second to pass.
+        let mut last_request: Option<Instant> = None;
+        let mut refresh_waiting = false;
         loop {
             // Sleep until the refresh is due (or the current token expires, to report it).
             let now = clock.now();
@@ -406,10 +424,31 @@ impl Worker {
                 tokio::select! {
                     () = clock.sleep_until(wake) => {}
                     command = commands.recv() => match command {
+                        Some(Command::RefreshNow) if refresh_waiting => {
+                            debug!("refresh requested; joins the one already waiting");
+                        }
                         Some(Command::RefreshNow) => {
-                            info!("refresh requested");
-                            due = clock.now();
-                            attempt = 0;
+                            let quiet = last_request
+                                .map(|ended| REFRESH_NOW_QUIET.saturating_sub(ended.elapsed()))
+                                .unwrap_or_default();
+                            let now = clock.now();
+                            let at = now.checked_add(quiet).unwrap_or(now);
+                            if at < due {
+                                if quiet.is_zero() {
+                                    info!("refresh requested");
+                                } else {
+                                    let wait = Duration::from_millis(quiet.as_millis() as u64);
+                                    info!(
+                                        wait = %humantime::format_duration(wait),
+                                        "refresh requested; waiting for the last request to be a second old"
+                                    );
+                                }
+                                due = at;
+                                attempt = 0;
+                                refresh_waiting = true;
+                            } else {
+                                debug!("refresh requested; one is due by then anyway");
+                            }
                         }
                         Some(Command::ClockChanged) => debug!("clock changed; re-checking deadlines"),
                         None => {
@@ -440,9 +479,11 @@ impl Worker {
             let Ok(_permit) = permits.acquire().await else {
                 return Err("shutting down".to_owned());
             };
+            refresh_waiting = false;
             let started = Instant::now();
             let result = Box::pin(self.session.request()).await;
             let latency = started.elapsed();
+            last_request = Some(Instant::now());
             let now = clock.now();
             let failure = match result {
                 Ok(token) => match write_outputs(&self.spec, &token).await {
@@ -470,7 +511,7 @@ impl Worker {
                             restored: false,
                         });
                         if changed {
-                            crate::hooks::on_refresh(&self.spec);
+                            hooks::on_refresh(&self.spec, &self.hooks);
                         }
                         if matches!(mode, Mode::Once { .. }) {
                             return Ok(());
