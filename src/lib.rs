@@ -274,6 +274,28 @@ pub fn warn_about_permissions(config: &Config) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as systemd advises programs that need
+/// more than its default soft limit of 1,024 (kept low for `select()`; bearerd uses epoll).
+/// Under the packaged unit both are `LimitNOFILE=`, so this changes nothing there.
+pub fn raise_descriptor_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open-file limit"),
+            Err(error) => {
+                tracing::warn!(%error, limit = current, "cannot raise the open-file limit")
+            }
+        }
+    }
+}
+
 /// `bearerd run`: the daemon. Returns after SIGTERM/SIGINT, with no task left running.
 pub async fn run(config: Config, clock: Clock) -> Result<(), String> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
