@@ -168,6 +168,14 @@ fn a_restart_reuses_valid_tokens_and_refetches_only_changed_clients() {
     let daemon = Daemon::start(&harness);
     let alpha = wait_for_change(&harness, "alpha", "", Duration::from_secs(5));
     let beta = wait_for_change(&harness, "beta", "", Duration::from_secs(5));
+    // The state is saved after the token files; a SIGTERM in between loses it (one refetch).
+    assert!(wait_until(Duration::from_secs(5), || {
+        clients.iter().all(|name| {
+            harness
+                .path(&format!("tokens/.{name}.bearerd-state.json"))
+                .exists()
+        })
+    }));
     let (status, _) = daemon.terminate();
     assert!(status.success());
     assert_eq!(idp.token_request_count(), 2);
