@@ -64,6 +64,7 @@ fn main() -> ExitCode {
             once: true,
             deadline,
         } => {
+            bearerd::raise_descriptor_limit();
             let clock = bearerd::clock::Clock::system();
             match runtime.block_on(bearerd::run_once(&config, deadline, clock)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { once: false, .. } => {
+            bearerd::raise_descriptor_limit();
             match runtime.block_on(bearerd::run(config, bearerd::clock::Clock::system())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {

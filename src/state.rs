@@ -1,17 +1,30 @@
-//! What a restart needs to reuse a still-valid token: one small JSON file per client.
-//! It never decides whether to reuse a token (the worker does); it only reads and writes.
+//! What a restart needs to reuse a still-valid token: one small JSON file per client, trusted
+//! only if bearerd wrote it. It never decides whether to reuse a token (the worker does); it
+//! only reads and writes.
 
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::config::{Agent, Auth, ClientSpec, Endpoint};
 use crate::output;
 use crate::secret::{self, Secret};
 use crate::token::{Token, is_b64token};
 
+/// Unchanged when the fingerprint became keyed: a file with an unkeyed digest simply does not
+/// match, which costs one fetch after the upgrade.
 const VERSION: u32 = 1;
+
+/// A state file is about 300 bytes; anything much larger is not one of ours.
+pub const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+/// A private key or TLS client key larger than this is not a key.
+const MAX_KEY_BYTES: u64 = 1024 * 1024;
 
 #[derive(Serialize, Deserialize)]
 struct Persisted {
@@ -41,10 +54,48 @@ pub fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
     }
 }
 
-/// A digest of everything that decides which token the server issues. Secrets are left out on
-/// purpose: a rotated secret does not make a valid token invalid, and the state file must
-/// not carry anything that helps guess a secret.
-pub fn settings_fingerprint(client: &ClientSpec) -> String {
+/// HMAC-SHA256, keyed by the client's credential, of everything that decides which token the
+/// server issues. Keyed, so that someone who can write the state directory and knows the
+/// config still cannot make a planted file match; a rotated credential therefore refetches
+/// once. The value reveals nothing about the credential to anyone who cannot already read it:
+/// the state file is mode 0600, owned by bearerd, which reads the credential anyway.
+pub fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
+    let tag = ring::hmac::sign(
+        &settings_key(client)?,
+        canonical_settings(client).as_bytes(),
+    );
+    Ok(secret::hex(tag.as_ref()))
+}
+
+/// Whether `fingerprint` is [`settings_fingerprint`] of `client`, compared in constant time.
+fn fingerprint_matches(fingerprint: &str, client: &ClientSpec) -> bool {
+    let Some(tag) = unhex(fingerprint) else {
+        return false;
+    };
+    settings_key(client).is_ok_and(|key| {
+        ring::hmac::verify(&key, canonical_settings(client).as_bytes(), &tag).is_ok()
+    })
+}
+
+fn settings_key(client: &ClientSpec) -> Result<ring::hmac::Key, String> {
+    Ok(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &credential(client)?,
+    ))
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+/// The non-secret settings that decide the token, as one canonical string.
+fn canonical_settings(client: &ClientSpec) -> String {
     let endpoint = match &client.endpoint {
         Endpoint::TokenUrl(url) => format!("token_url={url}"),
         Endpoint::Issuer(url) => format!("issuer={url}"),
@@ -60,23 +111,151 @@ pub fn settings_fingerprint(client: &ClientSpec) -> String {
         }
         Auth::TlsClientAuth => "tls_client_auth".to_owned(),
     };
-    let canonical = serde_json::json!({
+    serde_json::json!({
         "endpoint": endpoint,
         "client_id": client.client_id,
         "auth": auth,
         "audience": client.audience,
         "scope": client.scope,
         "extra_params": client.extra_params,
-    });
-    let digest = ring::digest::digest(&ring::digest::SHA256, canonical.to_string().as_bytes());
-    secret::hex(digest.as_ref())
+    })
+    .to_string()
 }
 
-/// The token saved for `client`, if there is one and it was fetched with the same settings.
+/// What the client proves itself with, as the HMAC key: its secret or private key, and its TLS
+/// client key when it has one. Each part is labelled and length-prefixed, so no two different
+/// credentials give the same key.
+fn credential(client: &ClientSpec) -> Result<Vec<u8>, String> {
+    let mut parts: Vec<(&str, Vec<u8>)> = Vec::new();
+    match &client.auth {
+        Auth::Secret { secret, .. } => {
+            parts.push(("secret", secret.current()?.expose().as_bytes().to_vec()));
+        }
+        Auth::PrivateKeyJwt { key_file, .. } => {
+            parts.push(("private_key", read_key(key_file, "private_key_file")?));
+        }
+        Auth::TlsClientAuth => {}
+    }
+    if let Some(identity) = &client.tls.identity {
+        parts.push((
+            "tls_client_key",
+            read_key(&identity.key_file, "tls_client_key")?,
+        ));
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "client {} has no credential to key its state file with",
+            client.name
+        ));
+    }
+    let mut key = Vec::new();
+    for (label, bytes) in parts {
+        for field in [label.as_bytes(), &bytes] {
+            key.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            key.extend_from_slice(field);
+        }
+    }
+    Ok(key)
+}
+
+fn read_key(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    let (file, _) = open_regular(path, true, MAX_KEY_BYTES)
+        .map_err(|error| format!("cannot read {key} {}: {error}", path.display()))?;
+    read_all(file, MAX_KEY_BYTES)
+        .map_err(|error| format!("cannot read {key} {}: {error}", path.display()))
+}
+
+/// Opens `path` for reading without blocking on a FIFO (and without following a symlink unless
+/// `follow`), then checks what was opened, not the path (fstat, so a swap cannot race it): a
+/// regular file of at most `cap` bytes.
+fn open_regular(path: &Path, follow: bool, cap: u64) -> io::Result<(File, Metadata)> {
+    use rustix::fs::{Mode, OFlags};
+    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let file = File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if metadata.len() > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("larger than {} KiB", cap / 1024),
+        ));
+    }
+    Ok((file, metadata))
+}
+
+fn read_all(file: File, cap: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("grew past {} KiB while being read", cap / 1024),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The state file's bytes, if bearerd can trust that it wrote them: a regular file (a symlink
+/// is not followed), no larger than [`MAX_STATE_BYTES`], owned by bearerd's own user, and
+/// writable by no one else. Anything else is warned about and ignored.
+fn read_trusted(path: &Path) -> Option<Vec<u8>> {
+    let refuse = |reason: String| {
+        warn!(
+            path = %path.display(),
+            "ignoring the state file ({reason}); fetching a new token instead"
+        );
+    };
+    let (file, metadata) = match open_regular(path, false, MAX_STATE_BYTES) {
+        Ok(opened) => opened,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
+        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            refuse("a symbolic link".to_owned());
+            return None;
+        }
+        Err(error) => {
+            refuse(error.to_string());
+            return None;
+        }
+    };
+    let own = rustix::process::geteuid().as_raw();
+    if metadata.uid() != own {
+        refuse(format!(
+            "owned by uid {}, not by bearerd's uid {own}",
+            metadata.uid()
+        ));
+        return None;
+    }
+    let mode = metadata.permissions().mode();
+    if mode & 0o022 != 0 {
+        refuse(format!(
+            "group or others can write it: mode {:04o}",
+            mode & 0o7777
+        ));
+        return None;
+    }
+    match read_all(file, MAX_STATE_BYTES) {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            refuse(error.to_string());
+            None
+        }
+    }
+}
+
+/// The token saved for `client`, if there is one that bearerd wrote (see [`read_trusted`]) and
+/// it was fetched with the same settings and credential.
 pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = read_trusted(path)?;
     let persisted: Persisted = serde_json::from_slice(&bytes).ok()?;
-    if persisted.version != VERSION || persisted.settings != settings_fingerprint(client) {
+    if persisted.version != VERSION || !fingerprint_matches(&persisted.settings, client) {
         return None;
     }
     if !is_b64token(&persisted.access_token) {
@@ -97,7 +276,8 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
 pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), String> {
     let persisted = Persisted {
         version: VERSION,
-        settings: settings_fingerprint(client),
+        settings: settings_fingerprint(client)
+            .map_err(|error| format!("cannot save state to {}: {error}", path.display()))?,
         access_token: token.access_token.expose().to_owned(),
         token_type: token.token_type.clone(),
         scope: token.scope.clone(),
@@ -114,4 +294,57 @@ pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), Strin
 /// Removes a client's state (its token expired and its files were removed).
 pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(secret: &str) -> ClientSpec {
+        let text = format!(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             client_secret = \"{secret}\"\n[[clients.api.output]]\npath = \"/run/x/api.token\"\n"
+        );
+        let mut config =
+            crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
+                Err(std::env::VarError::NotPresent)
+            })
+            .expect("valid config");
+        config.clients.remove(0)
+    }
+
+    #[test]
+    fn the_fingerprint_is_keyed_by_the_credential() {
+        let one = settings_fingerprint(&client("secret-one")).expect("fingerprint");
+        assert_eq!(one.len(), 64);
+        assert_eq!(
+            one,
+            settings_fingerprint(&client("secret-one")).expect("again")
+        );
+        assert!(fingerprint_matches(&one, &client("secret-one")));
+        assert!(!fingerprint_matches(&one, &client("secret-two")));
+        // What anyone who has read the config but not the secret can compute.
+        let unkeyed = ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical_settings(&client("secret-one")).as_bytes(),
+        );
+        assert!(!fingerprint_matches(
+            &secret::hex(unkeyed.as_ref()),
+            &client("secret-one")
+        ));
+        assert!(!fingerprint_matches("not hex", &client("secret-one")));
+        assert!(!canonical_settings(&client("secret-one")).contains("secret-one"));
+    }
+
+    #[test]
+    fn unhex_reads_what_hex_writes_and_nothing_else() {
+        assert_eq!(
+            unhex(&secret::hex(&[0, 1, 254, 255])),
+            Some(vec![0, 1, 254, 255])
+        );
+        assert_eq!(unhex(""), Some(Vec::new()));
+        for junk in ["0", "zz", "0g", "é0", "+1"] {
+            assert_eq!(unhex(junk), None, "{junk}");
+        }
+    }
 }
