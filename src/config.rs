@@ -228,7 +228,7 @@ impl fmt::Debug for TlsSettings {
         f.debug_struct("TlsSettings")
             .field("ca_file", &self.ca_file)
             .field("identity", &self.identity)
-            .field("proxy", &self.proxy.as_ref().map(crate::oauth::display_url))
+            .field("proxy", &self.proxy.as_ref().map(display_url))
             .finish()
     }
 }
@@ -1749,6 +1749,16 @@ pub fn check_url_scheme(url: &Url, allow_insecure_http: bool) -> Result<(), Stri
     }
 }
 
+/// A URL fit for messages: no user info, query or fragment.
+pub fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
@@ -2149,6 +2159,12 @@ path = "api.token"
         for bad in ["", "a b", "a.b", "é", "a/b"] {
             assert!(ClientName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn urls_in_messages_lose_credentials_and_queries() {
+        let url = Url::parse("https://u:p@idp.example.com/token?key=abc#x").expect("url");
+        assert_eq!(display_url(&url), "https://idp.example.com/token");
     }
 
     #[test]

@@ -48,9 +48,10 @@ use tokio::sync::mpsc;
 
 use crate::clock::Clock;
 use crate::config::{Auth, Config, Endpoint, SecretSource};
+use crate::oauth::{HttpClients, Session};
 use crate::output::Format;
 use crate::secret::Secret;
-use crate::worker::{Mode, Session, Shared, Worker};
+use crate::worker::{Mode, Shared, Worker};
 
 /// The clients that `run --once` could not serve, each with its last error.
 #[derive(Debug)]
@@ -171,10 +172,14 @@ pub async fn token(config: &Config, name: &str) -> Result<Secret, TokenError> {
             }
         )));
     };
-    let shared = Shared::new(config.agent.clone(), Clock::system());
-    let mut session = Session::new(Arc::new(client.clone()), shared);
+    let http_clients = HttpClients::new(config.agent.http_timeout);
+    let mut session = Session::new(Arc::new(client.clone()));
     session
-        .fetch()
+        .fetch(
+            &http_clients,
+            &Clock::system(),
+            config.agent.default_lifetime,
+        )
         .await
         .map(|token| token.access_token)
         .map_err(|error| TokenError::Failed(format!("client {name}: {error}")))
@@ -203,9 +208,9 @@ pub fn check(config: &Config) -> String {
     for client in &config.clients {
         let _ = writeln!(out, "\nclient {}", client.name);
         let endpoint = match &client.endpoint {
-            Endpoint::TokenUrl(url) => format!("token_url {}", oauth::display_url(url)),
+            Endpoint::TokenUrl(url) => format!("token_url {}", config::display_url(url)),
             Endpoint::Issuer(url) => {
-                format!("issuer {} (OIDC discovery)", oauth::display_url(url))
+                format!("issuer {} (OIDC discovery)", config::display_url(url))
             }
         };
         let _ = writeln!(out, "  endpoint   {endpoint}");

@@ -408,7 +408,7 @@ impl Supervisor {
                     self.shared = Shared::new(new.agent.clone(), self.clock.clone());
                 } else {
                     // Certificates, keys and CA files may have changed in place.
-                    self.shared.forget_http_clients();
+                    self.shared.http.forget();
                 }
                 self.config = new;
                 for name in &plan.stop {

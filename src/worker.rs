@@ -1,19 +1,16 @@
 //! One client's life: restore → fetch → write → persist → sleep, or back off and retry.
 //! This is the only place that retries; it reads no config and watches no OS events.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::clock::Clock;
-use crate::config::{
-    Agent, Auth, ClientName, ClientSpec, Endpoint, OnExpiry, SecretMethod, TlsSettings,
-};
+use crate::config::{Agent, ClientName, ClientSpec, OnExpiry};
 use crate::hooks;
-use crate::oauth::{self, Credentials, Discovery, FetchError, TokenRequest};
+use crate::oauth::{HttpClients, Session};
 use crate::output;
 use crate::schedule::{self, Backoff, Failure};
 use crate::state;
@@ -26,44 +23,17 @@ pub struct Shared {
     pub agent: Agent,
     pub clock: Clock,
     pub permits: Arc<Semaphore>,
-    /// Keyed by the TLS settings and whether the system's roots are needed.
-    http: Mutex<HashMap<(TlsSettings, bool), reqwest::Client>>,
+    pub(crate) http: HttpClients,
 }
 
 impl Shared {
     pub fn new(agent: Agent, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
+            http: HttpClients::new(agent.http_timeout),
             agent,
             clock,
-            http: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Drops the cached HTTP clients, so that the next request reads certificates, keys and CA
-    /// files again (after a reload: they may have been rotated in place).
-    pub fn forget_http_clients(&self) {
-        self.http
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
-    }
-
-    /// The HTTP client for `spec`. Only a plain-`http` token URL goes without the system's
-    /// roots (an issuer may name an `https` token endpoint).
-    fn http(&self, spec: &ClientSpec) -> Result<reqwest::Client, String> {
-        let roots = !matches!(&spec.endpoint, Endpoint::TokenUrl(url) if url.scheme() == "http");
-        let key = (spec.tls.clone(), roots);
-        let mut clients = self
-            .http
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(http) = clients.get(&key) {
-            return Ok(http.clone());
-        }
-        let http = oauth::http_client_with_roots(self.agent.http_timeout, &spec.tls, roots)?;
-        clients.insert(key, http.clone());
-        Ok(http)
     }
 
     fn backoff(&self) -> Backoff {
@@ -72,157 +42,6 @@ impl Shared {
             max: self.agent.backoff_max,
         }
     }
-}
-
-/// A client's connection to its authorization server: the discovered endpoint is cached
-/// and dropped when the endpoint stops answering.
-pub struct Session {
-    spec: Arc<ClientSpec>,
-    shared: Arc<Shared>,
-    discovery: Option<Discovery>,
-}
-
-impl Session {
-    pub fn new(spec: Arc<ClientSpec>, shared: Arc<Shared>) -> Self {
-        Self {
-            spec,
-            shared,
-            discovery: None,
-        }
-    }
-
-    /// One token request (after discovery, when the client uses an issuer), waiting for a
-    /// place among the requests in flight.
-    pub async fn fetch(&mut self) -> Result<Token, FetchError> {
-        let permits = Arc::clone(&self.shared.permits);
-        let _permit = permits
-            .acquire()
-            .await
-            .map_err(|_| FetchError::transient("shutting down"))?;
-        self.request().await
-    }
-
-    /// [`Session::fetch`] for a caller that already holds a place in flight.
-    async fn request(&mut self) -> Result<Token, FetchError> {
-        let http = self
-            .shared
-            .http(&self.spec)
-            .map_err(FetchError::permanent)?;
-        let spec = Arc::clone(&self.spec);
-        let (token_url, discovered_methods) = match &spec.endpoint {
-            Endpoint::TokenUrl(url) => (url.clone(), None),
-            Endpoint::Issuer(issuer) => {
-                let discovery = match &self.discovery {
-                    Some(discovery) => discovery.clone(),
-                    None => {
-                        let discovery = oauth::discover(&http, issuer).await?;
-                        check_discovered_urls(&spec, &discovery)?;
-                        self.discovery = Some(discovery.clone());
-                        discovery
-                    }
-                };
-                let url = match (&spec.auth, &discovery.mtls_token_endpoint) {
-                    (Auth::TlsClientAuth, Some(mtls)) => mtls.clone(),
-                    _ => discovery.token_endpoint.clone(),
-                };
-                (url, Some(discovery.auth_methods))
-            }
-        };
-        let credentials = credentials(&spec, discovered_methods.as_deref(), &token_url)?;
-        let request = TokenRequest {
-            token_url: &token_url,
-            client_id: &spec.client_id,
-            credentials,
-            audience: spec.audience.as_deref(),
-            scope: spec.scope.as_deref(),
-            extra_params: &spec.extra_params,
-        };
-        let now = self.shared.clock.now();
-        let result =
-            oauth::request_token(&http, &request, now, self.shared.agent.default_lifetime).await;
-        if let Err(error) = &result
-            && error.endpoint_unreachable()
-        {
-            self.discovery = None;
-        }
-        result
-    }
-}
-
-/// A discovered URL this client will post to must pass the check a configured `token_url`
-/// passes: `https`, unless loopback or `allow_insecure_http`. The mTLS alias is used (and so
-/// checked) only by `tls_client_auth` clients.
-fn check_discovered_urls(spec: &ClientSpec, discovery: &Discovery) -> Result<(), FetchError> {
-    let mut used = vec![("token_endpoint", &discovery.token_endpoint)];
-    if let (Auth::TlsClientAuth, Some(alias)) = (&spec.auth, &discovery.mtls_token_endpoint) {
-        used.push(("mtls_endpoint_aliases.token_endpoint", alias));
-    }
-    for (name, url) in used {
-        crate::config::check_url_scheme(url, spec.allow_insecure_http)
-            .map_err(|message| FetchError::permanent(format!("discovered {name}: {message}")))?;
-    }
-    Ok(())
-}
-
-/// The credentials for one request; a secret file is re-read so rotation needs no reload.
-fn credentials(
-    spec: &ClientSpec,
-    discovered_methods: Option<&[String]>,
-    token_url: &url::Url,
-) -> Result<Credentials, FetchError> {
-    match &spec.auth {
-        Auth::Secret { secret, method } => {
-            let secret = secret.current().map_err(FetchError::transient)?;
-            let method = match method {
-                Some(method) => *method,
-                None => choose_secret_method(discovered_methods.unwrap_or_default())?,
-            };
-            Ok(match method {
-                SecretMethod::Basic => Credentials::Basic(secret),
-                SecretMethod::Post => Credentials::Post(secret),
-                SecretMethod::Json => Credentials::Json(secret),
-            })
-        }
-        Auth::PrivateKeyJwt {
-            key_file,
-            key_id,
-            assertion_audience,
-        } => {
-            let key_pem = crate::files::read_text(key_file, crate::files::Kind::PrivateKey)
-                .map_err(|error| FetchError::transient(error.to_string()))?;
-            Ok(Credentials::PrivateKeyJwt {
-                key_pem: crate::secret::Secret::new(key_pem),
-                key_id: key_id.clone(),
-                assertion_audience: assertion_audience
-                    .clone()
-                    .unwrap_or_else(|| token_url.to_string()),
-            })
-        }
-        Auth::TlsClientAuth => Ok(Credentials::TlsClientAuth),
-    }
-}
-
-/// The first secret-based method the discovery document lists that we support.
-fn choose_secret_method(listed: &[String]) -> Result<SecretMethod, FetchError> {
-    let listed_or_default: Vec<&str> = if listed.is_empty() {
-        vec!["client_secret_basic"]
-    } else {
-        listed.iter().map(String::as_str).collect()
-    };
-    listed_or_default
-        .iter()
-        .find_map(|method| match *method {
-            "client_secret_basic" => Some(SecretMethod::Basic),
-            "client_secret_post" => Some(SecretMethod::Post),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            FetchError::permanent(format!(
-                "the server supports none of client_secret_basic, client_secret_post \
-                 (it lists {}); set auth_method",
-                listed_or_default.join(", ")
-            ))
-        })
 }
 
 /// Renders and writes every output of `spec`; returns whether any file changed. The writes run
@@ -336,7 +155,7 @@ impl Worker {
     pub fn new(spec: Arc<ClientSpec>, shared: Arc<Shared>, reports: Option<Reporter>) -> Self {
         let state_path = state::path(&shared.agent, &spec);
         Self {
-            session: Session::new(Arc::clone(&spec), Arc::clone(&shared)),
+            session: Session::new(Arc::clone(&spec)),
             spec,
             shared,
             state_path,
@@ -481,7 +300,12 @@ impl Worker {
             };
             refresh_waiting = false;
             let started = Instant::now();
-            let result = Box::pin(self.session.request()).await;
+            let result = Box::pin(self.session.fetch(
+                &self.shared.http,
+                &self.shared.clock,
+                self.shared.agent.default_lifetime,
+            ))
+            .await;
             let latency = started.elapsed();
             last_request = Some(Instant::now());
             let now = clock.now();

@@ -347,7 +347,7 @@ fn tls_files_are_read_bounded_when_the_http_client_is_built() {
     ];
     for (tls, expected) in cases {
         let built = rescued(&fifo, move || {
-            bearerd::oauth::http_client_with_roots(Duration::from_secs(5), &tls, false).map(|_| ())
+            bearerd::oauth::http_client(Duration::from_secs(5), &tls, false).map(|_| ())
         });
         assert_eq!(built, Err(expected));
     }

@@ -1,0 +1,146 @@
+//! How a client proves who it is: the [`Credentials`] of one request (the configured method, or
+//! the first the discovery document lists that bearerd supports), with the credential files
+//! read at use so that a rotated secret or key needs no reload; the Basic header; the forms in
+//! which a server may echo a secret, for redaction. It sends nothing and signs nothing (`jwt`
+//! signs the assertion).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::HeaderValue;
+use serde_json::Value;
+use url::Url;
+use url::form_urlencoded;
+
+use super::error::FetchError;
+use crate::config::{Auth, ClientSpec, SecretMethod};
+use crate::secret::Secret;
+
+/// How the client authenticates, with the credential itself.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Credentials {
+    /// `client_secret_basic`: HTTP Basic with form-urlencoded id and secret (RFC 6749 §2.3.1).
+    Basic(Secret),
+    /// `client_secret_post`: id and secret in the form body.
+    Post(Secret),
+    /// `client_secret_json`: every parameter in a JSON body (Camunda, Auth0).
+    Json(Secret),
+    /// `private_key_jwt` (RFC 7523): a JWT signed with the client's key.
+    PrivateKeyJwt {
+        /// PKCS#8, PKCS#1 RSA or SEC1 EC (P-256) PEM.
+        key_pem: Secret,
+        key_id: Option<String>,
+        /// The assertion's `aud`: usually the token endpoint URL.
+        assertion_audience: String,
+    },
+    /// `tls_client_auth` (RFC 8705): the HTTP client's certificate is the credential.
+    TlsClientAuth,
+}
+
+impl Credentials {
+    /// The credentials for one request; a secret file is re-read so rotation needs no reload.
+    pub(super) fn current(
+        spec: &ClientSpec,
+        discovered_methods: Option<&[String]>,
+        token_url: &Url,
+    ) -> Result<Self, FetchError> {
+        match &spec.auth {
+            Auth::Secret { secret, method } => {
+                let secret = secret.current().map_err(FetchError::transient)?;
+                let method = match method {
+                    Some(method) => *method,
+                    None => choose_secret_method(discovered_methods.unwrap_or_default())?,
+                };
+                Ok(match method {
+                    SecretMethod::Basic => Credentials::Basic(secret),
+                    SecretMethod::Post => Credentials::Post(secret),
+                    SecretMethod::Json => Credentials::Json(secret),
+                })
+            }
+            Auth::PrivateKeyJwt {
+                key_file,
+                key_id,
+                assertion_audience,
+            } => {
+                let key_pem = crate::files::read_text(key_file, crate::files::Kind::PrivateKey)
+                    .map_err(|error| FetchError::transient(error.to_string()))?;
+                Ok(Credentials::PrivateKeyJwt {
+                    key_pem: crate::secret::Secret::new(key_pem),
+                    key_id: key_id.clone(),
+                    assertion_audience: assertion_audience
+                        .clone()
+                        .unwrap_or_else(|| token_url.to_string()),
+                })
+            }
+            Auth::TlsClientAuth => Ok(Credentials::TlsClientAuth),
+        }
+    }
+}
+
+/// The first secret-based method the discovery document lists that we support.
+fn choose_secret_method(listed: &[String]) -> Result<SecretMethod, FetchError> {
+    let listed_or_default: Vec<&str> = if listed.is_empty() {
+        vec!["client_secret_basic"]
+    } else {
+        listed.iter().map(String::as_str).collect()
+    };
+    listed_or_default
+        .iter()
+        .find_map(|method| match *method {
+            "client_secret_basic" => Some(SecretMethod::Basic),
+            "client_secret_post" => Some(SecretMethod::Post),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            FetchError::permanent(format!(
+                "the server supports none of client_secret_basic, client_secret_post \
+                 (it lists {}); set auth_method",
+                listed_or_default.join(", ")
+            ))
+        })
+}
+
+/// The forms in which a server may echo the client secret it was sent: as is, form-encoded,
+/// JSON-escaped, and inside the Basic credentials; longest first. None for a secret under 4
+/// bytes (redacting it would garble messages and hide nothing).
+pub(super) fn echoable_forms(credentials: &Credentials, client_id: &str) -> Vec<String> {
+    let secret = match credentials {
+        Credentials::Basic(secret) | Credentials::Post(secret) | Credentials::Json(secret) => {
+            secret.expose()
+        }
+        _ => return Vec::new(),
+    };
+    if secret.len() < 4 {
+        return Vec::new();
+    }
+    let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+    let json = Value::from(secret).to_string();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(&json)
+        .to_owned();
+    let mut forms = vec![
+        STANDARD.encode(format!("{id}:{encoded}")),
+        secret.to_owned(),
+        encoded,
+        json,
+    ];
+    forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+    forms.dedup();
+    forms
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, form-urlencoded first (RFC 6749 §2.3.1).
+pub(super) fn basic_authorization(
+    client_id: &str,
+    secret: &Secret,
+) -> Result<HeaderValue, FetchError> {
+    let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+    let secret: String = form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+    let credentials = STANDARD.encode(format!("{id}:{secret}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {credentials}"))
+        .map_err(|_| FetchError::permanent("cannot encode the Basic authorization header"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}

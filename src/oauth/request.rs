@@ -1,0 +1,680 @@
+//! One token request: a [`TokenRequest`] (what is asked for, with which credentials) built into
+//! the client-credentials POST (a form, or a JSON body), sent once, and its response turned
+//! into a [`Token`] or a [`FetchError`] with the client secret redacted from every message. It
+//! never retries, sleeps, writes files or reads the clock: `now` is an argument.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::{Map, Value};
+use url::Url;
+use url::form_urlencoded;
+
+use super::credentials::{Credentials, basic_authorization, echoable_forms};
+use super::error::FetchError;
+use super::http::{cause, read_response, request_failed};
+use super::jwt::{ASSERTION_TYPE, client_assertion};
+use super::response::{parse_response, redact_bytes};
+use crate::config::display_url;
+use crate::token::Token;
+
+/// One token request, described.
+#[derive(Clone, Debug)]
+pub(super) struct TokenRequest<'a> {
+    pub token_url: &'a Url,
+    pub client_id: &'a str,
+    pub credentials: Credentials,
+    pub audience: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    /// Sent after the standard parameters, in key order.
+    pub extra_params: &'a BTreeMap<String, String>,
+}
+
+/// Makes one client-credentials request. `now` stamps the token and the client assertion and
+/// converts an HTTP-date `Retry-After`; `default_lifetime` applies when the response says
+/// nothing about expiry.
+pub(super) async fn request_token(
+    http: &reqwest::Client,
+    request: &TokenRequest<'_>,
+    now: SystemTime,
+    default_lifetime: Duration,
+) -> Result<Token, FetchError> {
+    let shown = display_url(request.token_url);
+    let result = async {
+        let wire = build_request(http, request, now)?;
+        let response = http
+            .execute(wire)
+            .await
+            .map_err(|error| request_failed(&format!("token endpoint {shown}"), error))?;
+        let prefix = format!("token endpoint {shown} answered ");
+        let mut response = read_response(response)
+            .await
+            .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))?;
+        // An error body is quoted (and perhaps cut short, which would defeat redacting the
+        // message afterwards): redact it first. A 2xx body is left alone: it holds the token.
+        if !(200..300).contains(&response.status) {
+            response.body = redact_bytes(
+                &response.body,
+                &echoable_forms(&request.credentials, request.client_id),
+            );
+        }
+        parse_response(
+            response.status,
+            response.retry_after.as_deref(),
+            response.content_type.as_deref(),
+            &response.body,
+            now,
+            default_lifetime,
+        )
+        .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))
+    }
+    .await;
+    let forms = echoable_forms(&request.credentials, request.client_id);
+    result.map_err(|error| {
+        error.map_message(|message| {
+            forms
+                .iter()
+                .fold(message, |message, form| message.replace(form, "[redacted]"))
+        })
+    })
+}
+
+/// The HTTP request for `request`, without sending it.
+fn build_request(
+    http: &reqwest::Client,
+    request: &TokenRequest<'_>,
+    now: SystemTime,
+) -> Result<reqwest::Request, FetchError> {
+    let assertion;
+    let mut authorization = None;
+    let mut params: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+    match &request.credentials {
+        Credentials::Basic(secret) => {
+            authorization = Some(basic_authorization(request.client_id, secret)?);
+        }
+        Credentials::Post(secret) | Credentials::Json(secret) => {
+            params.push(("client_id", request.client_id));
+            params.push(("client_secret", secret.expose()));
+        }
+        Credentials::PrivateKeyJwt {
+            key_pem,
+            key_id,
+            assertion_audience,
+        } => {
+            assertion = client_assertion(
+                key_pem,
+                key_id.as_deref(),
+                request.client_id,
+                assertion_audience,
+                now,
+            )
+            .map_err(|message| FetchError::permanent(format!("private_key_jwt: {message}")))?;
+            params.push(("client_id", request.client_id));
+            params.push(("client_assertion_type", ASSERTION_TYPE));
+            params.push(("client_assertion", assertion.expose()));
+        }
+        Credentials::TlsClientAuth => params.push(("client_id", request.client_id)),
+    }
+    if let Some(audience) = request.audience {
+        params.push(("audience", audience));
+    }
+    if let Some(scope) = request.scope {
+        params.push(("scope", scope));
+    }
+    for (name, value) in request.extra_params {
+        params.push((name, value));
+    }
+    let (content_type, body) = if matches!(request.credentials, Credentials::Json(_)) {
+        let object: Map<String, Value> = params
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), Value::from(*value)))
+            .collect();
+        ("application/json", Value::Object(object).to_string())
+    } else {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.extend_pairs(params.iter());
+        ("application/x-www-form-urlencoded", form.finish())
+    };
+    let mut builder = http
+        .post(request.token_url.clone())
+        .header(ACCEPT, "application/json")
+        .header(CONTENT_TYPE, content_type)
+        .body(body);
+    if let Some(authorization) = authorization {
+        builder = builder.header(AUTHORIZATION, authorization);
+    }
+    builder.build().map_err(|error| {
+        FetchError::permanent(format!(
+            "cannot build the request to {}: {}",
+            display_url(request.token_url),
+            cause(error)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use bearerd_idp::{Fault, Idp, IdpSettings, KeyAlgorithm};
+    use ring::rand::SystemRandom;
+    use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+
+    use super::*;
+    use crate::config::TlsSettings;
+    use crate::oauth::fixtures::{
+        DEFAULT, EC_CERT, EC_P384_PKCS8, EC_SEC1, RSA_PKCS1, RSA_PKCS8, http, now,
+    };
+    use crate::oauth::http::{USER_AGENT, http_client};
+    use crate::oauth::jwt::sec1_to_pkcs8;
+    use crate::oauth::response::jwt_expiry;
+    use crate::secret::Secret;
+
+    // ---- the wire ----
+
+    /// A client for building requests only (the system roots are slow to load).
+    fn bare() -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .build()
+            .expect("client")
+    }
+
+    fn wire(credentials: Credentials) -> reqwest::Request {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::from([("resource".to_owned(), "https://api/x".to_owned())]);
+        let request = TokenRequest {
+            token_url: &url,
+            client_id: "my client:1",
+            credentials,
+            audience: Some("tasklist.camunda.io"),
+            scope: Some("a b"),
+            extra_params: &extra,
+        };
+        build_request(&bare(), &request, now()).expect("request")
+    }
+
+    fn body_text(request: &reqwest::Request) -> String {
+        let bytes = request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .expect("body");
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    fn form(request: &reqwest::Request) -> BTreeMap<String, String> {
+        form_urlencoded::parse(body_text(request).as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    fn header<'a>(request: &'a reqwest::Request, name: &str) -> Option<&'a str> {
+        request.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn basic_form_urlencodes_id_and_secret_first() {
+        let request = wire(Credentials::Basic(Secret::new("p+a/s%s:w&o=rd x")));
+        let expected = format!(
+            "Basic {}",
+            STANDARD.encode("my+client%3A1:p%2Ba%2Fs%25s%3Aw%26o%3Drd+x")
+        );
+        assert_eq!(header(&request, "authorization"), Some(expected.as_str()));
+        assert!(request.headers()["authorization"].is_sensitive());
+        assert_eq!(header(&request, "accept"), Some("application/json"));
+        assert_eq!(
+            header(&request, "content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(request.method(), reqwest::Method::POST);
+        assert_eq!(
+            body_text(&request),
+            "grant_type=client_credentials&audience=tasklist.camunda.io&scope=a+b\
+             &resource=https%3A%2F%2Fapi%2Fx"
+        );
+        assert!(
+            !format!("{request:?}").contains("cDJ"),
+            "Debug shows no credentials"
+        );
+    }
+
+    #[test]
+    fn post_puts_id_and_secret_in_the_form() {
+        let request = wire(Credentials::Post(Secret::new("s&=+ %")));
+        assert_eq!(header(&request, "authorization"), None);
+        let form = form(&request);
+        assert_eq!(form["grant_type"], "client_credentials");
+        assert_eq!(form["client_id"], "my client:1");
+        assert_eq!(form["client_secret"], "s&=+ %");
+        assert_eq!(form["audience"], "tasklist.camunda.io");
+        assert_eq!(form["scope"], "a b");
+        assert_eq!(form["resource"], "https://api/x");
+        assert_eq!(form.len(), 6);
+    }
+
+    #[test]
+    fn json_puts_everything_in_a_json_body() {
+        let request = wire(Credentials::Json(Secret::new("s\"ecret")));
+        assert_eq!(header(&request, "content-type"), Some("application/json"));
+        assert_eq!(header(&request, "accept"), Some("application/json"));
+        let body: Value = serde_json::from_str(&body_text(&request)).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "grant_type": "client_credentials",
+                "client_id": "my client:1",
+                "client_secret": "s\"ecret",
+                "audience": "tasklist.camunda.io",
+                "scope": "a b",
+                "resource": "https://api/x",
+            })
+        );
+    }
+
+    #[test]
+    fn tls_client_auth_sends_only_the_client_id() {
+        let form = form(&wire(Credentials::TlsClientAuth));
+        assert_eq!(form["client_id"], "my client:1");
+        assert!(!form.contains_key("client_secret"));
+        assert!(!form.contains_key("client_assertion"));
+    }
+
+    /// The assertion a request carries: header, claims, and whether `public_key` verifies it.
+    fn assertion_of(
+        request: &reqwest::Request,
+        verify: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> (Value, Value) {
+        let form = form(request);
+        assert_eq!(form["client_assertion_type"], ASSERTION_TYPE);
+        assert_eq!(form["client_id"], "my client:1");
+        assert_eq!(form["audience"], "tasklist.camunda.io");
+        let assertion = &form["client_assertion"];
+        let parts: Vec<&str> = assertion.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).expect("base64url");
+        let signing_input = format!("{}.{}", parts[0], parts[1]);
+        assert!(
+            verify(signing_input.as_bytes(), &decode(parts[2])),
+            "the signature verifies"
+        );
+        let header = serde_json::from_slice(&decode(parts[0])).expect("header");
+        let claims = serde_json::from_slice(&decode(parts[1])).expect("claims");
+        (header, claims)
+    }
+
+    fn jwt_credentials(key_pem: &str, key_id: Option<&str>) -> Credentials {
+        Credentials::PrivateKeyJwt {
+            key_pem: Secret::new(key_pem),
+            key_id: key_id.map(str::to_owned),
+            assertion_audience: "https://idp.example.com/token".into(),
+        }
+    }
+
+    fn rsa_public_key() -> Vec<u8> {
+        let der = PrivateKeyDer::from_pem_slice(RSA_PKCS8.as_bytes()).expect("pem");
+        RsaKeyPair::from_pkcs8(der.secret_der())
+            .expect("rsa")
+            .public_key()
+            .as_ref()
+            .to_vec()
+    }
+
+    fn ec_public_key(pkcs8: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+            .expect("ec")
+            .public_key()
+            .as_ref()
+            .to_vec()
+    }
+
+    #[test]
+    fn private_key_jwt_with_rsa_signs_rs256() {
+        let public_key = rsa_public_key();
+        let verify = |message: &[u8], signature: &[u8]| {
+            signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &public_key)
+                .verify(message, signature)
+                .is_ok()
+        };
+        for pem in [RSA_PKCS8, RSA_PKCS1] {
+            let request = wire(jwt_credentials(pem, Some("rsa-1")));
+            let (header, claims) = assertion_of(&request, verify);
+            assert_eq!(
+                header,
+                serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"})
+            );
+            assert_eq!(claims["iss"], "my client:1");
+            assert_eq!(claims["sub"], "my client:1");
+            assert_eq!(claims["aud"], "https://idp.example.com/token");
+            assert_eq!(claims["iat"], 1_700_000_000);
+            assert_eq!(claims["exp"], 1_700_000_060);
+            assert_eq!(claims.as_object().map(Map::len), Some(6));
+        }
+    }
+
+    #[test]
+    fn private_key_jwt_with_ec_signs_es256_and_a_fresh_jti() {
+        let rng = SystemRandom::new();
+        let generated =
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .expect("generate");
+        let generated_pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(generated.as_ref())
+        );
+        let sec1_public = {
+            let der = PrivateKeyDer::from_pem_slice(EC_SEC1.as_bytes()).expect("pem");
+            ec_public_key(&sec1_to_pkcs8(der.secret_der()))
+        };
+        for (pem, public_key) in [
+            (generated_pem.as_str(), ec_public_key(generated.as_ref())),
+            (EC_SEC1, sec1_public),
+        ] {
+            let verify = |message: &[u8], signature: &[u8]| {
+                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &public_key)
+                    .verify(message, signature)
+                    .is_ok()
+            };
+            let (header, first) = assertion_of(&wire(jwt_credentials(pem, None)), verify);
+            assert_eq!(header, serde_json::json!({"alg": "ES256", "typ": "JWT"}));
+            let (_, second) = assertion_of(&wire(jwt_credentials(pem, None)), verify);
+            assert_ne!(first["jti"], second["jti"]);
+            assert!(first["jti"].as_str().is_some_and(|jti| jti.len() >= 16));
+        }
+    }
+
+    #[test]
+    fn unusable_keys_are_permanent_errors_that_quote_nothing() {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::new();
+        let garbled = EC_SEC1.replace("MHcCAQEEII6TjBhQ", "MHcCAQEE!!6TjBhQ");
+        for (pem, expected) in [
+            (EC_P384_PKCS8, "P-256"),
+            ("not a key", "no PEM private key found"),
+            (EC_CERT, "no PEM private key found"),
+            (garbled.as_str(), "not valid PEM"),
+        ] {
+            let request = TokenRequest {
+                token_url: &url,
+                client_id: "c",
+                credentials: jwt_credentials(pem, None),
+                audience: None,
+                scope: None,
+                extra_params: &extra,
+            };
+            let error = build_request(&bare(), &request, now()).expect_err("unusable key");
+            assert!(error.is_permanent());
+            assert!(error.message().starts_with("private_key_jwt: "), "{error}");
+            assert!(error.message().contains(expected), "{error}");
+            assert!(!error.message().contains("MHc"), "{error}");
+        }
+    }
+
+    // ---- against the in-process endpoint ----
+
+    /// The `token_endpoint_auth_method` name the endpoint records for `credentials`.
+    fn method_name(credentials: &Credentials) -> &'static str {
+        match credentials {
+            Credentials::Basic(_) => "client_secret_basic",
+            Credentials::Post(_) => "client_secret_post",
+            Credentials::Json(_) => "client_secret_json",
+            Credentials::PrivateKeyJwt { .. } => "private_key_jwt",
+            Credentials::TlsClientAuth => "tls_client_auth",
+        }
+    }
+
+    async fn request(
+        http: &reqwest::Client,
+        url: &str,
+        client_id: &str,
+        credentials: Credentials,
+    ) -> Result<Token, FetchError> {
+        let url = Url::parse(url).expect("url");
+        let extra = BTreeMap::new();
+        let request = TokenRequest {
+            token_url: &url,
+            client_id,
+            credentials,
+            audience: Some("api"),
+            scope: Some("read write"),
+            extra_params: &extra,
+        };
+        request_token(http, &request, SystemTime::now(), DEFAULT).await
+    }
+
+    #[tokio::test]
+    async fn every_secret_method_gets_a_token() {
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        let secret = "p+a/s%s:w&o=rd x";
+        idp.add_client("my client:1", secret, Duration::from_secs(120));
+        let http = http();
+        for credentials in [
+            Credentials::Basic(Secret::new(secret)),
+            Credentials::Post(Secret::new(secret)),
+            Credentials::Json(Secret::new(secret)),
+        ] {
+            let method = method_name(&credentials);
+            let token = request(&http, &idp.token_url(), "my client:1", credentials)
+                .await
+                .expect(method);
+            assert_eq!(token.token_type, "Bearer");
+            assert_eq!(token.scope.as_deref(), Some("read write"));
+            let lifetime = token
+                .expires_at
+                .duration_since(token.issued_at)
+                .expect("life");
+            assert_eq!(lifetime, Duration::from_secs(120));
+            let recorded = idp.requests().pop().expect("recorded");
+            assert_eq!(recorded.auth_method, Some(method));
+            assert_eq!(recorded.client_id.as_deref(), Some("my client:1"));
+            assert_eq!(recorded.header("user-agent"), Some(USER_AGENT));
+            assert_eq!(recorded.params()["audience"], "api");
+        }
+    }
+
+    #[tokio::test]
+    async fn private_key_jwt_gets_a_token() {
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        idp.add_key_client("bot", KeyAlgorithm::Rs256, &rsa_public_key(), DEFAULT);
+        let credentials = Credentials::PrivateKeyJwt {
+            key_pem: Secret::new(RSA_PKCS8),
+            key_id: None,
+            assertion_audience: idp.token_url(),
+        };
+        request(&http(), &idp.token_url(), "bot", credentials)
+            .await
+            .expect("token");
+        assert_eq!(idp.requests()[0].auth_method, Some("private_key_jwt"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_permanent_and_not_echoed() {
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        idp.add_client("bot", "right", DEFAULT);
+        let error = request(
+            &http(),
+            &idp.token_url(),
+            "bot",
+            Credentials::Basic(Secret::new("wrong-secret")),
+        )
+        .await
+        .expect_err("refused");
+        assert!(error.is_permanent());
+        assert_eq!(
+            error.message(),
+            format!(
+                "token endpoint {} answered 401 Unauthorized: invalid_client: client authentication failed",
+                idp.token_url()
+            )
+        );
+        idp.set_fault(Fault::Status {
+            status: 500,
+            body: "oops: client_secret=wrong-secret&x=wrong%2Dsecret wrong-secret".into(),
+            content_type: "text/plain".into(),
+            retry_after: None,
+        });
+        let error = request(
+            &http(),
+            &idp.token_url(),
+            "bot",
+            Credentials::Post(Secret::new("wrong-secret")),
+        )
+        .await
+        .expect_err("500");
+        assert!(!error.message().contains("wrong-secret"), "{error}");
+        assert!(error.message().contains("[redacted]"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn faults_become_transient_errors() {
+        let idp = Idp::start(IdpSettings {
+            accept_unknown_clients: true,
+            ..IdpSettings::default()
+        })
+        .await
+        .expect("idp");
+        let http =
+            http_client(Duration::from_millis(500), &TlsSettings::default(), true).expect("http");
+        let cases = [
+            (
+                Fault::Status {
+                    status: 503,
+                    body: "<h1>down</h1>".into(),
+                    content_type: "text/html".into(),
+                    retry_after: Some("3".into()),
+                },
+                "answered 503 Service Unavailable: <h1>down</h1>",
+            ),
+            (Fault::CloseConnection, ": "),
+            (
+                Fault::ResetMidBody,
+                "answered 200 OK but reading the body failed",
+            ),
+            (
+                Fault::TruncatedJson,
+                "answered 200 OK but invalid JSON: EOF while parsing",
+            ),
+            (
+                Fault::Oversized,
+                "answered 200 OK but the body is larger than 64 KiB",
+            ),
+            (
+                Fault::Body("{}".into()),
+                "answered 200 OK but no access_token",
+            ),
+            (Fault::Hang, ": timed out"),
+        ];
+        for (fault, expected) in cases {
+            idp.set_fault(fault.clone());
+            let error = request(
+                &http,
+                &idp.token_url(),
+                "c",
+                Credentials::Basic(Secret::new("s")),
+            )
+            .await
+            .expect_err("a fault");
+            assert!(!error.is_permanent(), "{fault:?}: {error}");
+            assert!(error.message().contains(expected), "{fault:?}: {error}");
+            assert!(
+                error
+                    .message()
+                    .starts_with(&format!("token endpoint {}", idp.token_url())),
+                "{error}"
+            );
+            if matches!(fault, Fault::Status { .. }) {
+                assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+            }
+        }
+        idp.set_fault(Fault::None);
+        request(
+            &http,
+            &idp.token_url(),
+            "c",
+            Credentials::Basic(Secret::new("s")),
+        )
+        .await
+        .expect("healed");
+    }
+
+    #[tokio::test]
+    async fn a_hostile_token_from_the_server_is_permanent() {
+        let idp = Idp::start(IdpSettings {
+            accept_unknown_clients: true,
+            ..IdpSettings::default()
+        })
+        .await
+        .expect("idp");
+        idp.set_fault(Fault::Body(r#"{"access_token":"x\"; rm -rf ~"}"#.into()));
+        let error = request(
+            &http(),
+            &idp.token_url(),
+            "c",
+            Credentials::Basic(Secret::new("s")),
+        )
+        .await
+        .expect_err("hostile");
+        assert!(error.is_permanent());
+        assert!(!error.message().contains("rm -rf"));
+    }
+
+    #[tokio::test]
+    async fn jwt_tokens_expire_at_their_exp() {
+        let idp = Idp::start(IdpSettings {
+            accept_unknown_clients: true,
+            jwt_tokens: true,
+            default_lifetime: Duration::from_secs(90),
+            ..IdpSettings::default()
+        })
+        .await
+        .expect("idp");
+        let token = request(
+            &http(),
+            &idp.token_url(),
+            "c",
+            Credentials::Post(Secret::new("s")),
+        )
+        .await
+        .expect("token");
+        assert!(jwt_expiry(token.access_token.expose()).is_some());
+        let lifetime = token
+            .expires_at
+            .duration_since(token.issued_at)
+            .expect("life");
+        assert!(lifetime <= Duration::from_secs(90) && lifetime >= Duration::from_secs(85));
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoints_are_flagged() {
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        let missing = format!("{}/nowhere?secret=1", idp.issuer());
+        let error = request(&http(), &missing, "c", Credentials::Basic(Secret::new("s")))
+            .await
+            .expect_err("404");
+        assert!(
+            error.is_permanent() && error.endpoint_unreachable(),
+            "{error}"
+        );
+        assert!(!error.message().contains("secret=1"), "{error}");
+
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr")
+        };
+        let url = format!("http://{closed}/token");
+        let error = request(&http(), &url, "c", Credentials::Basic(Secret::new("s")))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            error,
+            FetchError::Transient {
+                message: format!("token endpoint {url}: connection refused"),
+                retry_after: None,
+                endpoint_unreachable: true,
+            }
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! What a worker asks for: a [`Session`] gets a token for one client's request settings, with
+//! the discovery document cached (and dropped when the endpoint stops answering), discovered
+//! URLs checked, the credentials as they are now and the HTTP client for its TLS settings. It
+//! makes one request per call and never retries or sleeps: the worker holds the place in flight
+//! and owns the retry loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::credentials::Credentials;
+use super::discovery::{Discovery, discover};
+use super::error::FetchError;
+use super::http::HttpClients;
+use super::request::{TokenRequest, request_token};
+use crate::clock::Clock;
+use crate::config::{Auth, ClientSpec, Endpoint};
+use crate::token::Token;
+
+/// A client's connection to its authorization server: the discovered endpoint is cached
+/// and dropped when the endpoint stops answering.
+pub(crate) struct Session {
+    spec: Arc<ClientSpec>,
+    discovery: Option<Discovery>,
+}
+
+impl Session {
+    pub(crate) fn new(spec: Arc<ClientSpec>) -> Self {
+        Self {
+            spec,
+            discovery: None,
+        }
+    }
+
+    /// One token request (after discovery, when the client uses an issuer), over the HTTP
+    /// client `http_clients` holds for this client's TLS settings. `clock` is read once, when
+    /// the request is built: it stamps the token and the client assertion. `default_lifetime`
+    /// applies when the response says nothing about expiry.
+    pub(crate) async fn fetch(
+        &mut self,
+        http_clients: &HttpClients,
+        clock: &Clock,
+        default_lifetime: Duration,
+    ) -> Result<Token, FetchError> {
+        let http = http_clients
+            .for_endpoint(&self.spec.endpoint, &self.spec.tls)
+            .map_err(FetchError::permanent)?;
+        let spec = Arc::clone(&self.spec);
+        let (token_url, discovered_methods) = match &spec.endpoint {
+            Endpoint::TokenUrl(url) => (url.clone(), None),
+            Endpoint::Issuer(issuer) => {
+                let discovery = match &self.discovery {
+                    Some(discovery) => discovery.clone(),
+                    None => {
+                        let discovery = discover(&http, issuer).await?;
+                        check_discovered_urls(&spec, &discovery)?;
+                        self.discovery = Some(discovery.clone());
+                        discovery
+                    }
+                };
+                let url = match (&spec.auth, &discovery.mtls_token_endpoint) {
+                    (Auth::TlsClientAuth, Some(mtls)) => mtls.clone(),
+                    _ => discovery.token_endpoint.clone(),
+                };
+                (url, Some(discovery.auth_methods))
+            }
+        };
+        let credentials = Credentials::current(&spec, discovered_methods.as_deref(), &token_url)?;
+        let request = TokenRequest {
+            token_url: &token_url,
+            client_id: &spec.client_id,
+            credentials,
+            audience: spec.audience.as_deref(),
+            scope: spec.scope.as_deref(),
+            extra_params: &spec.extra_params,
+        };
+        let now = clock.now();
+        let result = request_token(&http, &request, now, default_lifetime).await;
+        if let Err(error) = &result
+            && error.endpoint_unreachable()
+        {
+            self.discovery = None;
+        }
+        result
+    }
+}
+
+/// A discovered URL this client will post to must pass the check a configured `token_url`
+/// passes: `https`, unless loopback or `allow_insecure_http`. The mTLS alias is used (and so
+/// checked) only by `tls_client_auth` clients.
+fn check_discovered_urls(spec: &ClientSpec, discovery: &Discovery) -> Result<(), FetchError> {
+    let mut used = vec![("token_endpoint", &discovery.token_endpoint)];
+    if let (Auth::TlsClientAuth, Some(alias)) = (&spec.auth, &discovery.mtls_token_endpoint) {
+        used.push(("mtls_endpoint_aliases.token_endpoint", alias));
+    }
+    for (name, url) in used {
+        crate::config::check_url_scheme(url, spec.allow_insecure_http)
+            .map_err(|message| FetchError::permanent(format!("discovered {name}: {message}")))?;
+    }
+    Ok(())
+}
