@@ -58,13 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         LIFETIME.as_secs(),
         DAEMON_FOR.as_secs()
     );
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let daemon = tokio::spawn(bearerd::run_with_events(
-        config,
-        Clock::system(),
-        events_tx.clone(),
-        events_rx,
-    ));
+    let inputs = bearerd::Inputs::from_os(&config).await?;
+    let shutdown = inputs.events.sender();
+    let daemon = tokio::spawn(bearerd::run(config, Clock::system(), inputs));
     let token_file = dir.join("tasklist.token");
     let started = Instant::now();
     let mut last = std::fs::read_to_string(&token_file).unwrap_or_default();
@@ -90,8 +86,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(&config_path, config_text(&idp, "reports:read"))?;
         }
     }
-    let _ = events_tx.send(Event::Shutdown);
-    daemon.await??;
+    let _ = shutdown.send(Event::Shutdown);
+    daemon.await?;
     println!(
         "\n== done: the token endpoint answered {} token requests. Read the files with:",
         idp.token_request_count()

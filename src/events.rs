@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use notify::Watcher;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -33,6 +33,71 @@ pub enum Event {
 pub enum ReloadCause {
     Signal,
     FileChanged(PathBuf),
+}
+
+/// The daemon's event sources: one channel, fed by the OS sources that [`Events::from_os`]
+/// installs and by every [`Events::sender`] (a test's stand-ins, or a demo's shutdown).
+pub struct Events {
+    sender: mpsc::UnboundedSender<Event>,
+    receiver: mpsc::UnboundedReceiver<Event>,
+    file_watch: Option<FileWatch>,
+    /// The OS sources' tasks.
+    tasks: JoinSet<()>,
+}
+
+impl Events {
+    /// No OS source: only what is sent through [`Events::sender`] arrives.
+    pub fn channel() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            sender,
+            receiver,
+            file_watch: None,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// The real sources: signals, wall-clock steps and changes to `files` (the config and the
+    /// files it names). Only signal handlers are required: without a clock watch or a file
+    /// watch the daemon runs on, and a warning says what it will miss. Call it within a tokio
+    /// runtime.
+    pub fn from_os(files: &[PathBuf]) -> Result<Self, String> {
+        let mut events = Self::channel();
+        spawn_signals(&mut events.tasks, events.sender.clone())
+            .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+        if let Err(error) = spawn_clock_watch(&mut events.tasks, events.sender.clone()) {
+            warn!(%error, "cannot watch for clock changes; a resume may be noticed late");
+        }
+        match FileWatch::start(&mut events.tasks, files, events.sender.clone()) {
+            Ok(watch) => events.file_watch = Some(watch),
+            Err(error) => warn!(%error, "config changes need SIGHUP"),
+        }
+        Ok(events)
+    }
+
+    /// A way in for events of the caller's own (a clock jump, a shutdown).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Event> {
+        self.sender.clone()
+    }
+
+    /// Splits into the receiver, for the supervisor, and the sources' tasks, for the caller to
+    /// shut down. From now on the file watch, if there is one, watches the files `watched`
+    /// lists: the supervisor's list, which a reload replaces. The receiver closes once the
+    /// sources and every [`Events::sender`] are gone.
+    pub fn into_parts(
+        mut self,
+        mut watched: watch::Receiver<Vec<PathBuf>>,
+    ) -> (mpsc::UnboundedReceiver<Event>, JoinSet<()>) {
+        if let Some(mut file_watch) = self.file_watch.take() {
+            self.tasks.spawn(async move {
+                while watched.changed().await.is_ok() {
+                    let files = watched.borrow_and_update().clone();
+                    file_watch.set_files(&files);
+                }
+            });
+        }
+        (self.receiver, self.tasks)
+    }
 }
 
 /// How long file events must be quiet before the files are compared: an editor's save or a

@@ -11,25 +11,29 @@
 //! - [`clock`]: the only place that reads the wall clock or sleeps.
 //! - [`output`]: rendering formats (pure) and atomic, durable file writes.
 //! - [`state`]: the per-client state file that lets a restart reuse a valid token.
+//! - [`preflight`]: before work starts: the stale-temp sweep, permission warnings, file limit.
 //! - [`worker`]: one client's loop; the only place that retries.
 //! - [`supervisor`]: the event loop; owns the workers, plans reloads, publishes status.
 //! - [`events`]: signals, file changes and clock steps → `Event`s (the only OS-event code).
 //! - [`systemd`]: sd_notify (reads status only).
-//! - [`metrics`], [`http`]: Prometheus metrics and `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`], [`admin`]: Prometheus metrics and `/healthz`, `/readyz`, `/metrics`.
 //! - [`hooks`]: `on_refresh` commands and signals.
 //!
-//! The entry points below are what the binary calls; tests and examples call them too.
+//! The entry points below are what the binary calls; tests and examples call them too. The
+//! daemon is a function of its inputs: [`run`] takes its admin listener and event sources as
+//! [`Inputs`], which the binary makes with [`Inputs::from_os`] and a test makes of its own.
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;
 pub mod files;
 pub mod hooks;
-pub mod http;
 pub mod metrics;
 pub mod oauth;
 pub mod output;
+pub mod preflight;
 pub mod schedule;
 pub mod secret;
 pub mod state;
@@ -38,9 +42,7 @@ pub mod systemd;
 pub mod token;
 pub mod worker;
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,41 +68,6 @@ impl std::fmt::Display for OnceFailure {
     }
 }
 
-/// The directories bearerd writes token and state files into.
-fn file_directories(config: &Config) -> BTreeSet<&Path> {
-    let mut dirs: BTreeSet<&Path> = config
-        .clients
-        .iter()
-        .flat_map(|client| client.outputs.iter())
-        .filter_map(|output| output.path.parent())
-        .map(|dir| {
-            if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            }
-        })
-        .collect();
-    if let Some(state_dir) = &config.agent.state_dir {
-        dirs.insert(state_dir);
-    }
-    dirs
-}
-
-/// Removes temporary files that a crash left in the output directories of `config`.
-pub fn sweep_stale_temps(config: &Config) {
-    for dir in file_directories(config) {
-        match output::sweep_stale_temps(dir) {
-            Ok(removed) => {
-                for path in removed {
-                    tracing::info!(path = %path.display(), "removed a temporary file left by a crash");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot clean up temporary files"),
-        }
-    }
-}
-
 /// `bearerd run --once`: fetch every client's token (at most `max_concurrent_requests` at a
 /// time), write its files and return; transient failures are retried until `deadline`.
 /// A saved token that is not yet due for refresh is reused.
@@ -109,7 +76,7 @@ pub async fn run_once(
     deadline: Duration,
     clock: Clock,
 ) -> Result<(), OnceFailure> {
-    sweep_stale_temps(config);
+    preflight::sweep_stale_temps(config);
     let shared = Shared::new(config.agent.clone(), clock.clone());
     let now = clock.now();
     let deadline = now.checked_add(deadline).unwrap_or(now);
@@ -267,141 +234,70 @@ pub fn check(config: &Config) -> String {
             state::path(&config.agent, client).display()
         );
     }
-    let writable = writable_directories(config);
+    let writable = preflight::writable_directories(config);
     if !writable.is_empty() {
         out.push('\n');
     }
     for (dir, mode) in writable {
         let _ = writeln!(
             out,
-            "warning: {} (mode {mode:04o}): {WRITABLE_DIRECTORY}",
-            dir.display()
+            "warning: {} (mode {mode:04o}): {}",
+            dir.display(),
+            preflight::WRITABLE_DIRECTORY
         );
     }
     out
 }
 
-/// What is wrong with a directory that [`writable_directories`] returns.
-const WRITABLE_DIRECTORY: &str = "directory of token or state files is writable by other users, \
-    who could plant or replace files in it; chmod go-w it";
-
-/// The output and state directories that other users can write to (a group or others write
-/// bit, sticky or not), with their modes: they could plant a state file there, and without the
-/// sticky bit swap a token file under its readers.
-pub fn writable_directories(config: &Config) -> Vec<(&Path, u32)> {
-    use std::os::unix::fs::PermissionsExt;
-    file_directories(config)
-        .into_iter()
-        .filter_map(|dir| {
-            let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o7777;
-            (mode & 0o022 != 0).then_some((dir, mode))
-        })
-        .collect()
+/// What the daemon takes from the outside world, made by its caller (as mini-redis's `run`
+/// takes its listener and its shutdown signal): the real ones from [`Inputs::from_os`]; in a
+/// test, a listener bound to `127.0.0.1:0` and [`events::Events::channel`].
+pub struct Inputs {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, whatever `[agent] listen` says;
+    /// `None` serves nothing.
+    pub admin: Option<tokio::net::TcpListener>,
+    /// Signals, file changes and clock steps, or a test's stand-ins.
+    pub events: events::Events,
 }
 
-/// Warns when the config file, a secret file or a private key can be read by other users, and
-/// when an output or state directory can be written by them.
-pub fn warn_about_permissions(config: &Config) {
-    use std::os::unix::fs::PermissionsExt;
-    for file in config.credential_files() {
-        if let Ok(metadata) = std::fs::metadata(&file)
-            && metadata.permissions().mode() & 0o004 != 0
-        {
-            tracing::warn!(
-                path = %file.display(),
-                mode = %format!("{:04o}", metadata.permissions().mode() & 0o7777),
-                "file with credentials is readable by every user; chmod o-r it"
-            );
-        }
-    }
-    for (dir, mode) in writable_directories(config) {
-        tracing::warn!(
-            path = %dir.display(),
-            mode = %format!("{mode:04o}"),
-            "{WRITABLE_DIRECTORY}"
-        );
-    }
-}
-
-/// Raises the soft limit on open files to the hard limit, as systemd advises programs that need
-/// more than its default soft limit of 1,024 (kept low for `select()`; bearerd uses epoll).
-/// Under the packaged unit both are `LimitNOFILE=`, so this changes nothing there.
-pub fn raise_descriptor_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
-        && current < maximum
-    {
-        let raised = Rlimit {
-            current: Some(maximum),
-            maximum: Some(maximum),
+impl Inputs {
+    /// The daemon's real inputs: signal handlers, the clock watch, a watch on the config and the
+    /// files it names, and `[agent] listen` bound. Call it within a tokio runtime.
+    pub async fn from_os(config: &Config) -> Result<Self, String> {
+        let events = events::Events::from_os(&config.watched_files())?;
+        let admin = match config.agent.listen {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|error| format!("cannot listen on {address}: {error}"))?,
+            ),
+            None => None,
         };
-        match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open-file limit"),
-            Err(error) => {
-                tracing::warn!(%error, limit = current, "cannot raise the open-file limit")
-            }
-        }
+        Ok(Self { admin, events })
     }
 }
 
-/// `bearerd run`: the daemon. Returns after SIGTERM/SIGINT, with no task left running.
-pub async fn run(config: Config, clock: Clock) -> Result<(), String> {
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    run_with_events(config, clock, events_tx, events_rx).await
-}
-
-/// The daemon with its event channel exposed, so tests can inject events (a clock jump)
-/// beside the real signals, file watches and clock watch.
-pub async fn run_with_events(
-    config: Config,
-    clock: Clock,
-    events_tx: mpsc::UnboundedSender<events::Event>,
-    events_rx: mpsc::UnboundedReceiver<events::Event>,
-) -> Result<(), String> {
-    let mut tasks = tokio::task::JoinSet::new();
-    events::spawn_signals(&mut tasks, events_tx.clone())
-        .map_err(|error| format!("cannot install signal handlers: {error}"))?;
-    if let Err(error) = events::spawn_clock_watch(&mut tasks, events_tx.clone()) {
-        tracing::warn!(%error, "cannot watch for clock changes; a resume may be noticed late");
-    }
-    let listener = match config.agent.listen {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|error| format!("cannot listen on {address}: {error}"))?,
-        ),
-        None => None,
-    };
+/// `bearerd run`: the daemon. Serves the admin endpoint on `inputs.admin` and acts on
+/// `inputs.events` until `Event::Shutdown` (SIGTERM/SIGINT) or until every event sender is
+/// gone; returns with no task left running.
+pub async fn run(config: Config, clock: Clock, inputs: Inputs) {
+    let Inputs { admin, events } = inputs;
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let supervisor = supervisor::Supervisor::new(config, clock.clone(), notices_tx);
-    if let Some(listener) = listener {
+    let (events, mut tasks) = events.into_parts(supervisor.watched_files.subscribe());
+    if let Some(listener) = admin {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "serving /healthz, /readyz and /metrics");
         }
-        let observed = http::Observed {
+        let observed = admin::Observed {
             status: supervisor.status(),
             metrics: supervisor.metrics(),
             clock: clock.clone(),
         };
-        tasks.spawn(http::serve(listener, observed));
-    }
-    let mut watched = supervisor.watched_files.subscribe();
-    let initial: Vec<_> = watched.borrow_and_update().clone();
-    match events::FileWatch::start(&mut tasks, &initial, events_tx) {
-        Ok(mut watch) => {
-            tasks.spawn(async move {
-                while watched.changed().await.is_ok() {
-                    let files = watched.borrow_and_update().clone();
-                    watch.set_files(&files);
-                }
-            });
-        }
-        Err(error) => tracing::warn!(%error, "config changes need SIGHUP"),
+        tasks.spawn(admin::serve(listener, observed));
     }
     let notifier = systemd::spawn(notices_rx, supervisor.status(), clock);
-    supervisor.run(events_rx).await;
+    supervisor.run(events).await;
     let _ = notifier.await;
     tasks.shutdown().await;
-    Ok(())
 }

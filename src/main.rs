@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     if let Err(error) = dumpable {
         tracing::warn!(%error, "cannot make the process non-dumpable; a core dump could hold secrets");
     }
-    bearerd::warn_about_permissions(&config);
+    bearerd::preflight::warn_about_permissions(&config);
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(BLOCKING_THREADS)
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             once: true,
             deadline,
         } => {
-            bearerd::raise_descriptor_limit();
+            bearerd::preflight::raise_descriptor_limit();
             let clock = bearerd::clock::Clock::system();
             match runtime.block_on(bearerd::run_once(&config, deadline, clock)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -78,8 +78,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { once: false, .. } => {
-            bearerd::raise_descriptor_limit();
-            match runtime.block_on(bearerd::run(config, bearerd::clock::Clock::system())) {
+            bearerd::preflight::raise_descriptor_limit();
+            let daemon = async move {
+                let inputs = bearerd::Inputs::from_os(&config).await?;
+                bearerd::run(config, bearerd::clock::Clock::system(), inputs).await;
+                Ok::<(), String>(())
+            };
+            match runtime.block_on(daemon) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     tracing::error!("{message}");

@@ -1,5 +1,5 @@
 //! Prometheus metrics: per-client token expiry, refreshes by result, last error time, request
-//! duration, and build info. Updated by the supervisor from worker reports; read by `http`.
+//! duration, and build info. Updated by the supervisor from worker reports; read by `admin`.
 //! Never a secret or a token in a label or a value.
 
 use std::sync::Mutex;

@@ -16,6 +16,7 @@ use crate::config::{ClientName, ClientSpec, Config, ConfigError};
 use crate::events::{Event, ReloadCause};
 use crate::hooks;
 use crate::metrics::Metrics;
+use crate::preflight;
 use crate::worker::{Command, Mode, Report, Reporter, Shared, Worker};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
@@ -127,7 +128,7 @@ fn same_request(a: &ClientSpec, b: &ClientSpec) -> bool {
 }
 
 /// Reads and validates configs on a thread of its own, so that a slow load never stalls the
-/// event loop, nor the HTTP endpoint on the same thread. One long-lived thread rather than the
+/// event loop, nor the admin endpoint on the same thread. One long-lived thread rather than the
 /// blocking pool: loads spread over the pool's threads each left a malloc arena holding a
 /// config's worth of memory (the resident set of the `load::` test tripled). The thread ends
 /// when the supervisor drops `paths`.
@@ -228,7 +229,7 @@ impl Supervisor {
     }
 
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
-        crate::sweep_stale_temps(&self.config);
+        preflight::sweep_stale_temps(&self.config);
         let names: Vec<ClientName> = self.config.clients.iter().map(|c| c.name.clone()).collect();
         for name in names {
             self.start(&name, true);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
-use crate::harness::{Client, Config, Daemon, Harness, TestIdp, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, http_get, wait_until};
 
 /// A client whose id is its name and whose secret is `NAME-secret`, writing `path`.
 fn client_writing(idp: &TestIdp, name: &str, path: &str) -> Client {
@@ -382,15 +382,15 @@ fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = bearerd::events::Events::channel();
+    let events_tx = events.sender();
+    let inputs = bearerd::Inputs {
+        admin: None,
+        events,
+    };
     let daemon = std::thread::spawn({
         let clock = clock.clone();
-        let events_tx = events_tx.clone();
-        move || {
-            runtime.block_on(bearerd::run_with_events(
-                config, clock, events_tx, events_rx,
-            ))
-        }
+        move || runtime.block_on(bearerd::run(config, clock, inputs))
     });
     let first = wait_for_change(&harness, "api", "", Duration::from_secs(5));
     assert_eq!(idp.token_request_count(), 1);
@@ -405,7 +405,64 @@ fn a_clock_jump_makes_a_due_refresh_happen_at_once() {
     events_tx
         .send(bearerd::events::Event::Shutdown)
         .expect("send");
-    daemon.join().expect("join").expect("clean stop");
+    daemon.join().expect("join");
+}
+
+/// The daemon in-process, given a listener the test bound itself: the test knows the admin
+/// endpoint's address before the daemon starts, without reading the log.
+#[test]
+fn an_in_process_daemon_serves_readyz_on_the_listener_it_is_given() {
+    let idp = idp_with(&["api"], Duration::from_secs(3600));
+    let harness = Harness::new();
+    let path = harness.write_config(&config(&idp, &["api"]));
+    let config = bearerd::config::Config::load(&path).expect("config");
+    assert_eq!(config.agent.listen, None, "the config binds nothing itself");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let events = bearerd::events::Events::channel();
+    let events_tx = events.sender();
+    let inputs = bearerd::Inputs {
+        admin: Some(listener),
+        events,
+    };
+    let daemon = std::thread::spawn(move || {
+        runtime.block_on(bearerd::run(
+            config,
+            bearerd::clock::Clock::system(),
+            inputs,
+        ))
+    });
+
+    let mut readyz = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let response = http_get(&address, "/readyz");
+            let ready = response.status == 200;
+            readyz = Some(response);
+            ready
+        }),
+        "/readyz on {address} never said ready: {:?}",
+        readyz.map(|response| response.text)
+    );
+    assert_eq!(
+        readyz.map(|response| response.body).as_deref(),
+        Some("ready\n")
+    );
+    assert!(
+        !read(&harness, "api").is_empty(),
+        "ready means a token on disk"
+    );
+
+    events_tx
+        .send(bearerd::events::Event::Shutdown)
+        .expect("send");
+    daemon.join().expect("join");
 }
 
 #[test]

@@ -15,20 +15,8 @@ use crate::harness::{BEARERD, Daemon, Harness, TestIdp, wait_until};
 /// bearerd's descriptor limit in this test; the hostile connections outnumber it eight times.
 const LIMIT: u64 = 256;
 const HOSTILE: usize = 2_000;
-/// `http::HEADER_READ_TIMEOUT` (5 s) plus slack for a loaded machine.
+/// `admin::HEADER_READ_TIMEOUT` (5 s) plus slack for a loaded machine.
 const CLOSED_WITHIN: Duration = Duration::from_secs(15);
-
-fn listening_address(daemon: &Daemon) -> SocketAddr {
-    daemon.wait_for("serving /healthz", 1, Duration::from_secs(10));
-    daemon
-        .log()
-        .lines()
-        .find_map(|line| {
-            let rest = line.split("address=").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .expect("address field")
-}
 
 /// One `GET path` on a fresh connection; the status code, or why there was none.
 fn status_of(address: SocketAddr, path: &str) -> Result<u16, String> {
@@ -119,7 +107,7 @@ fn hostile_connections_starve_neither_probes_nor_refreshes() {
     let harness = Harness::new();
     let config = harness.write("bearerd.toml", &config(&idp, "listen = \"127.0.0.1:0\""));
     let daemon = run_limited(&config, LIMIT, LIMIT);
-    let address = listening_address(&daemon);
+    let address: SocketAddr = daemon.admin_address().parse().expect("admin address");
     daemon.wait_for("token refreshed", 1, Duration::from_secs(10));
 
     // A kubelet-like prober: a fresh connection and one GET /readyz every 50 ms.
@@ -235,6 +223,6 @@ fn the_systemd_unit_gives_bearerd_descriptor_headroom() {
         .next()
         .and_then(|soft| soft.parse().ok())
         .expect("a number");
-    let needed = 10_000 + bearerd::http::MAX_CONNECTIONS as u64 + 1_024;
+    let needed = 10_000 + bearerd::admin::MAX_CONNECTIONS as u64 + 1_024;
     assert!(soft >= needed, "LimitNOFILE={value}: at least {needed}");
 }

@@ -1,6 +1,6 @@
-//! The HTTP endpoint at `[agent] listen`: `/healthz`, `/readyz` and `/metrics`, with bounded
-//! connections and timeouts. It reads the published status and metrics only; it never changes
-//! anything.
+//! The admin endpoint at `[agent] listen`: `/healthz`, `/readyz` and `/metrics` over HTTP/1.1,
+//! with bounded connections and timeouts. It reads the published status and metrics only; it
+//! never changes anything.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::supervisor::Status;
 
-/// What the endpoint reads to answer.
+/// What the endpoint reads to respond.
 #[derive(Clone)]
 pub struct Observed {
     pub status: watch::Receiver<Status>,
@@ -46,7 +46,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 ///
 /// At [`MAX_CONNECTIONS`], a new connection closes the oldest one. Closing the newest instead
 /// would let anyone who holds 64 half-sent requests lock the kubelet's probes out; this way a
-/// client that sends its request at once is answered, while slow ones make room. An accept
+/// client that sends its request at once is served, while slow ones make room. An accept
 /// error (out of descriptors, buffers) backs off instead of spinning.
 pub async fn serve(listener: TcpListener, observed: Observed) {
     let mut connections = JoinSet::new();
@@ -69,7 +69,7 @@ pub async fn serve(listener: TcpListener, observed: Observed) {
                         oldest.abort();
                     }
                     open.push_back(connections.spawn(connection(stream, observed.clone())));
-                    // Let the new connection read and answer before the next accept, so that a
+                    // Let the new connection read and respond before the next accept, so that a
                     // flood cannot push a prober's connection out before it was served.
                     tokio::task::yield_now().await;
                 }
@@ -104,7 +104,7 @@ fn forget(open: &mut VecDeque<AbortHandle>, joined: Result<(task::Id, ()), JoinE
 async fn connection(stream: TcpStream, observed: Observed) {
     let service = hyper::service::service_fn(move |request| {
         let observed = observed.clone();
-        async move { Ok::<_, Infallible>(answer(&request, &observed)) }
+        async move { Ok::<_, Infallible>(respond(&request, &observed)) }
     });
     let io = hyper_util::rt::TokioIo::new(stream);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -118,7 +118,7 @@ async fn connection(stream: TcpStream, observed: Observed) {
     }
 }
 
-fn answer(request: &Request<Incoming>, observed: &Observed) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, observed: &Observed) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
