@@ -65,6 +65,17 @@ impl fmt::Display for ClientName {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientSpec {
     pub name: ClientName,
+    pub request: RequestSpec,
+    pub outputs: Vec<OutputSpec>,
+    pub on_refresh: Option<OnRefresh>,
+    pub on_expiry: OnExpiry,
+}
+
+/// Every setting that makes a client's token request, in one place: a reload refetches when
+/// it changes, a state file's fingerprint digests [`RequestSpec::canonical_settings`], and the
+/// request is built from it. A new request setting is a field here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestSpec {
     pub endpoint: Endpoint,
     pub client_id: String,
     pub auth: Auth,
@@ -76,9 +87,6 @@ pub struct ClientSpec {
     pub tls: TlsSettings,
     /// Plain `http` to a remote host was allowed explicitly.
     pub allow_insecure_http: bool,
-    pub outputs: Vec<OutputSpec>,
-    pub on_refresh: Option<OnRefresh>,
-    pub on_expiry: OnExpiry,
 }
 
 /// Where the token endpoint comes from.
@@ -211,7 +219,7 @@ pub enum OnExpiry {
     Remove,
 }
 
-impl ClientSpec {
+impl RequestSpec {
     /// The method by which this client authenticates, if already known (it may come from
     /// discovery).
     pub fn auth_method_name(&self) -> Option<&'static str> {
@@ -221,6 +229,53 @@ impl ClientSpec {
             Auth::TlsClientAuth => Some("tls_client_auth"),
         }
     }
+
+    /// The settings that decide which token the server issues, as one canonical string with no
+    /// secret in it: what a state file's fingerprint digests, keyed by the credential. Every
+    /// field is named, so that a new one is either described or left out here on purpose.
+    /// Saved state files were fingerprinted with these bytes: a change refetches every saved
+    /// token once.
+    pub(crate) fn canonical_settings(&self) -> String {
+        let RequestSpec {
+            endpoint,
+            client_id,
+            auth,
+            audience,
+            scope,
+            extra_params,
+            // How the request travels, not what it asks for; a TLS client key is part of the
+            // credential that keys the fingerprint.
+            tls: _,
+            allow_insecure_http: _,
+        } = self;
+        let endpoint = match endpoint {
+            Endpoint::TokenUrl(url) => format!("token_url={url}"),
+            Endpoint::Issuer(url) => format!("issuer={url}"),
+        };
+        let auth = match auth {
+            // The secret keys the fingerprint; it is never part of the text.
+            Auth::Secret { secret: _, method } => {
+                format!("secret:{}", method.map_or("discovered", |m| m.as_str()))
+            }
+            Auth::PrivateKeyJwt {
+                key_file,
+                key_id,
+                assertion_audience: _,
+            } => {
+                format!("private_key_jwt:{}:{key_id:?}", key_file.display())
+            }
+            Auth::TlsClientAuth => "tls_client_auth".to_owned(),
+        };
+        serde_json::json!({
+            "endpoint": endpoint,
+            "client_id": client_id,
+            "auth": auth,
+            "audience": audience,
+            "scope": scope,
+            "extra_params": extra_params,
+        })
+        .to_string()
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +283,7 @@ impl ClientSpec {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::config::fixtures::env;
+    use crate::config::fixtures::{env, parse};
 
     #[test]
     fn secret_files_lose_one_trailing_newline_and_are_re_read_at_use() {
@@ -252,7 +307,7 @@ client_secret_file = "secret"
 path = "api.token"
 "#;
         let config = Config::parse(&config_path, text, &env).expect("valid");
-        let Auth::Secret { secret: source, .. } = &config.clients[0].auth else {
+        let Auth::Secret { secret: source, .. } = &config.clients[0].request.auth else {
             panic!("secret auth");
         };
         std::fs::write(&secret, "rotated\n").expect("write");
@@ -265,5 +320,63 @@ path = "api.token"
         for bad in ["", "a b", "a.b", "é", "a/b"] {
             assert!(ClientName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_canonical_settings_are_what_saved_state_files_were_keyed_with() {
+        // Saved fingerprints digest these bytes: a change refetches every saved token once.
+        let secret = parse(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             client_secret = \"secret-one\"\n[[clients.api.output]]\npath = \"/run/x/api.token\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(
+            secret.clients[0].request.canonical_settings(),
+            r#"{"audience":null,"auth":"secret:client_secret_basic","client_id":"api","endpoint":"token_url=https://idp.example/token","extra_params":{},"scope":null}"#
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        for name in ["key.pem", "tls.crt", "tls.key"] {
+            std::fs::write(dir.path().join(name), "not checked at load").expect("write");
+        }
+        let text = r#"
+[clients.jwt]
+issuer = "https://idp.example/realms/main"
+client_id = "jwt-bot"
+auth_method = "private_key_jwt"
+private_key_file = "key.pem"
+key_id = "k1"
+assertion_audience = "https://idp.example"
+audience = "api.example"
+scope = "b a"
+extra_params = { resource = "https://api.example/v1", b = "2" }
+ca_file = "tls.crt"
+proxy = "http://proxy.example:3128"
+allow_insecure_http = true
+[[clients.jwt.output]]
+path = "jwt.token"
+
+[clients.mtls]
+token_url = "https://idp.example/token"
+client_id = "mtls-bot"
+auth_method = "tls_client_auth"
+tls_cert_file = "tls.crt"
+tls_key_file = "tls.key"
+[[clients.mtls.output]]
+path = "mtls.token"
+"#;
+        let config =
+            Config::parse(&dir.path().join("bearerd.toml"), text, &env).expect("valid config");
+        let key = dir.path().join("key.pem");
+        assert_eq!(
+            config.clients[0].request.canonical_settings(),
+            format!(
+                r#"{{"audience":"api.example","auth":"private_key_jwt:{}:Some(\"k1\")","client_id":"jwt-bot","endpoint":"issuer=https://idp.example/realms/main","extra_params":{{"b":"2","resource":"https://api.example/v1"}},"scope":"b a"}}"#,
+                key.display()
+            )
+        );
+        assert_eq!(
+            config.clients[1].request.canonical_settings(),
+            r#"{"audience":null,"auth":"tls_client_auth","client_id":"mtls-bot","endpoint":"token_url=https://idp.example/token","extra_params":{},"scope":null}"#
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! # Layout
 //! - `url`: `check_url_scheme` (`https`, or `http` to a loopback host or when allowed) and
 //!   `display_url` (a URL fit for messages): a leaf.
-//! - `client`: one client's settings, typed: [`ClientName`], [`ClientSpec`], [`Endpoint`],
-//!   [`Auth`] and its secret, TLS, [`OnRefresh`], [`OnExpiry`].
+//! - `client`: one client's settings, typed: [`ClientName`], [`ClientSpec`] (a name, a
+//!   [`RequestSpec`], outputs and hooks), [`Endpoint`], [`Auth`] and its secret, TLS,
+//!   [`OnRefresh`], [`OnExpiry`].
 //! - `diagnostic`: [`Diagnostic`], [`ConfigError`] (the first [`SHOWN_PROBLEMS`], then a
 //!   count), the collector of problems and the line/column index.
 //! - `check`: the validator that turns the spanned TOML tree into these types, one file per
@@ -32,8 +33,8 @@ use toml::de::DeTable;
 
 use self::check::Checker;
 pub use self::client::{
-    Auth, ClientName, ClientSpec, Endpoint, OnExpiry, OnRefresh, SecretMethod, SecretSource,
-    TlsIdentity, TlsSettings,
+    Auth, ClientName, ClientSpec, Endpoint, OnExpiry, OnRefresh, RequestSpec, SecretMethod,
+    SecretSource, TlsIdentity, TlsSettings,
 };
 pub use self::diagnostic::{ConfigError, Diagnostic, SHOWN_PROBLEMS};
 use self::diagnostic::{LineIndex, Problems};
@@ -150,7 +151,7 @@ impl Config {
     pub fn credential_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         for client in &self.clients {
-            match &client.auth {
+            match &client.request.auth {
                 Auth::Secret {
                     secret: SecretSource::File { path, .. },
                     ..
@@ -158,7 +159,7 @@ impl Config {
                 Auth::PrivateKeyJwt { key_file, .. } => files.push(key_file.clone()),
                 Auth::Secret { .. } | Auth::TlsClientAuth => {}
             }
-            if let Some(identity) = &client.tls.identity {
+            if let Some(identity) = &client.request.tls.identity {
                 files.push(identity.key_file.clone());
             }
         }
@@ -169,10 +170,10 @@ impl Config {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = self.credential_files();
         for client in &self.clients {
-            if let Some(identity) = &client.tls.identity {
+            if let Some(identity) = &client.request.tls.identity {
                 files.push(identity.cert_file.clone());
             }
-            if let Some(ca_file) = &client.tls.ca_file {
+            if let Some(ca_file) = &client.request.tls.ca_file {
                 files.push(ca_file.clone());
             }
         }
@@ -210,16 +211,22 @@ mod tests {
             Some("127.0.0.1:9161".parse().expect("address"))
         );
         let client = config.client("tasklist").expect("client");
-        assert_eq!(client.client_id, "tasklist-bot");
+        assert_eq!(client.request.client_id, "tasklist-bot");
         assert_eq!(
-            client.auth,
+            client.request.auth,
             Auth::Secret {
                 secret: SecretSource::Inline(Secret::new("s3cr3t +/%:&= x")),
                 method: Some(SecretMethod::Json),
             }
         );
-        assert_eq!(client.audience.as_deref(), Some("tasklist.camunda.io"));
-        assert_eq!(client.extra_params["resource"], "https://api.example.com");
+        assert_eq!(
+            client.request.audience.as_deref(),
+            Some("tasklist.camunda.io")
+        );
+        assert_eq!(
+            client.request.extra_params["resource"],
+            "https://api.example.com"
+        );
         assert_eq!(client.outputs.len(), 3);
         assert_eq!(client.outputs[0].mode, 0o600);
         assert_eq!(client.outputs[1].mode, 0o640);
@@ -253,7 +260,7 @@ format = "env"
         assert_eq!(config.agent, Agent::default());
         let client = &config.clients[0];
         assert!(matches!(
-            client.auth,
+            client.request.auth,
             Auth::Secret {
                 method: Some(SecretMethod::Basic),
                 ..

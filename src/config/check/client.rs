@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use toml::de::DeTable;
 
 use super::{Checker, Span, key_span};
-use crate::config::{Auth, ClientName, ClientSpec, Endpoint, OnExpiry, TlsSettings};
+use crate::config::{Auth, ClientName, ClientSpec, Endpoint, OnExpiry, RequestSpec, TlsSettings};
 use crate::files;
 
 const CLIENT_KEYS: &[&str] = &[
@@ -140,18 +140,20 @@ impl Checker<'_> {
         }
         Some(ClientSpec {
             name,
-            endpoint: endpoint?,
-            client_id: client_id?,
-            auth: auth?,
-            audience,
-            scope,
-            extra_params,
-            tls: TlsSettings {
-                ca_file,
-                identity,
-                proxy,
+            request: RequestSpec {
+                endpoint: endpoint?,
+                client_id: client_id?,
+                auth: auth?,
+                audience,
+                scope,
+                extra_params,
+                tls: TlsSettings {
+                    ca_file,
+                    identity,
+                    proxy,
+                },
+                allow_insecure_http,
             },
-            allow_insecure_http,
             outputs: outputs?,
             on_refresh,
             on_expiry,

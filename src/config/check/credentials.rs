@@ -213,7 +213,7 @@ path = "/tmp/x"
         )
         .expect("valid");
         assert!(matches!(
-            config.clients[0].auth,
+            config.clients[0].request.auth,
             Auth::Secret { method: None, .. }
         ));
     }
