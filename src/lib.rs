@@ -174,15 +174,15 @@ pub fn check(config: &Config) -> String {
     );
     for client in &config.clients {
         let _ = writeln!(out, "\nclient {}", client.name);
-        let endpoint = match &client.endpoint {
+        let endpoint = match &client.request.endpoint {
             Endpoint::TokenUrl(url) => format!("token_url {}", config::display_url(url)),
             Endpoint::Issuer(url) => {
                 format!("issuer {} (OIDC discovery)", config::display_url(url))
             }
         };
         let _ = writeln!(out, "  endpoint   {endpoint}");
-        let _ = writeln!(out, "  client_id  {}", client.client_id);
-        let credential = match &client.auth {
+        let _ = writeln!(out, "  client_id  {}", client.request.client_id);
+        let credential = match &client.request.auth {
             Auth::Secret {
                 secret: SecretSource::Inline(_),
                 ..
@@ -202,18 +202,18 @@ pub fn check(config: &Config) -> String {
             ),
             Auth::TlsClientAuth => "client certificate".to_owned(),
         };
-        let method = client.auth_method_name().unwrap_or(
+        let method = client.request.auth_method_name().unwrap_or(
             "from discovery (first supported of client_secret_basic, client_secret_post)",
         );
         let _ = writeln!(out, "  auth       {method}, {credential}");
-        if let Some(audience) = &client.audience {
+        if let Some(audience) = &client.request.audience {
             let _ = writeln!(out, "  audience   {audience}");
         }
-        if let Some(scope) = &client.scope {
+        if let Some(scope) = &client.request.scope {
             let _ = writeln!(out, "  scope      {scope}");
         }
         // Parameter values may carry credentials (an API key): names only.
-        for key in client.extra_params.keys() {
+        for key in client.request.extra_params.keys() {
             let _ = writeln!(out, "  param      {key}");
         }
         for output in &client.outputs {

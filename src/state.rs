@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::config::{Agent, Auth, ClientSpec, Endpoint};
+use crate::config::{Agent, Auth, ClientSpec};
 use crate::output;
 use crate::secret::{self, Secret};
 use crate::token::{Token, is_b64token};
@@ -55,14 +55,14 @@ pub fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
 }
 
 /// HMAC-SHA256, keyed by the client's credential, of everything that decides which token the
-/// server issues. Keyed, so that someone who can write the state directory and knows the
+/// server issues (`RequestSpec::canonical_settings`). Keyed, so that someone who can write the state directory and knows the
 /// config still cannot make a planted file match; a rotated credential therefore refetches
 /// once. The value reveals nothing about the credential to anyone who cannot already read it:
 /// the state file is mode 0600, owned by bearerd, which reads the credential anyway.
 pub fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
     let tag = ring::hmac::sign(
         &settings_key(client)?,
-        canonical_settings(client).as_bytes(),
+        client.request.canonical_settings().as_bytes(),
     );
     Ok(secret::hex(tag.as_ref()))
 }
@@ -73,7 +73,7 @@ fn fingerprint_matches(fingerprint: &str, client: &ClientSpec) -> bool {
         return false;
     };
     settings_key(client).is_ok_and(|key| {
-        ring::hmac::verify(&key, canonical_settings(client).as_bytes(), &tag).is_ok()
+        ring::hmac::verify(&key, client.request.canonical_settings().as_bytes(), &tag).is_ok()
     })
 }
 
@@ -94,40 +94,12 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The non-secret settings that decide the token, as one canonical string.
-fn canonical_settings(client: &ClientSpec) -> String {
-    let endpoint = match &client.endpoint {
-        Endpoint::TokenUrl(url) => format!("token_url={url}"),
-        Endpoint::Issuer(url) => format!("issuer={url}"),
-    };
-    let auth = match &client.auth {
-        Auth::Secret { method, .. } => {
-            format!("secret:{}", method.map_or("discovered", |m| m.as_str()))
-        }
-        Auth::PrivateKeyJwt {
-            key_file, key_id, ..
-        } => {
-            format!("private_key_jwt:{}:{key_id:?}", key_file.display())
-        }
-        Auth::TlsClientAuth => "tls_client_auth".to_owned(),
-    };
-    serde_json::json!({
-        "endpoint": endpoint,
-        "client_id": client.client_id,
-        "auth": auth,
-        "audience": client.audience,
-        "scope": client.scope,
-        "extra_params": client.extra_params,
-    })
-    .to_string()
-}
-
 /// What the client proves itself with, as the HMAC key: its secret or private key, and its TLS
 /// client key when it has one. Each part is labelled and length-prefixed, so no two different
 /// credentials give the same key.
 fn credential(client: &ClientSpec) -> Result<Vec<u8>, String> {
     let mut parts: Vec<(&str, Vec<u8>)> = Vec::new();
-    match &client.auth {
+    match &client.request.auth {
         Auth::Secret { secret, .. } => {
             parts.push(("secret", secret.current()?.expose().as_bytes().to_vec()));
         }
@@ -136,7 +108,7 @@ fn credential(client: &ClientSpec) -> Result<Vec<u8>, String> {
         }
         Auth::TlsClientAuth => {}
     }
-    if let Some(identity) = &client.tls.identity {
+    if let Some(identity) = &client.request.tls.identity {
         parts.push((
             "tls_client_key",
             read_key(&identity.key_file, "tls_client_key")?,
@@ -326,14 +298,19 @@ mod tests {
         // What anyone who has read the config but not the secret can compute.
         let unkeyed = ring::digest::digest(
             &ring::digest::SHA256,
-            canonical_settings(&client("secret-one")).as_bytes(),
+            client("secret-one").request.canonical_settings().as_bytes(),
         );
         assert!(!fingerprint_matches(
             &secret::hex(unkeyed.as_ref()),
             &client("secret-one")
         ));
         assert!(!fingerprint_matches("not hex", &client("secret-one")));
-        assert!(!canonical_settings(&client("secret-one")).contains("secret-one"));
+        assert!(
+            !client("secret-one")
+                .request
+                .canonical_settings()
+                .contains("secret-one")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::config::{ClientName, ClientSpec, Config, ConfigError};
+use crate::config::{ClientName, Config, ConfigError};
 use crate::events::{Event, ReloadCause};
 use crate::hooks;
 use crate::metrics::Metrics;
@@ -108,23 +108,11 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             Some(previous) => {
                 plan.stop.push(client.name.clone());
                 plan.start
-                    .push((client.name.clone(), same_request(previous, client)));
+                    .push((client.name.clone(), previous.request == client.request));
             }
         }
     }
     plan
-}
-
-/// Whether two specs would send the same token request (so a saved token stays good).
-fn same_request(a: &ClientSpec, b: &ClientSpec) -> bool {
-    a.endpoint == b.endpoint
-        && a.client_id == b.client_id
-        && a.auth == b.auth
-        && a.audience == b.audience
-        && a.scope == b.scope
-        && a.extra_params == b.extra_params
-        && a.tls == b.tls
-        && a.allow_insecure_http == b.allow_insecure_http
 }
 
 /// Reads and validates configs on a thread of its own, so that a slow load never stalls the

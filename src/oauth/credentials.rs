@@ -12,7 +12,7 @@ use url::Url;
 use url::form_urlencoded;
 
 use super::error::FetchError;
-use crate::config::{Auth, ClientSpec, SecretMethod};
+use crate::config::{Auth, RequestSpec, SecretMethod};
 use crate::secret::Secret;
 
 /// How the client authenticates, with the credential itself.
@@ -39,7 +39,7 @@ pub(super) enum Credentials {
 impl Credentials {
     /// The credentials for one request; a secret file is re-read so rotation needs no reload.
     pub(super) fn current(
-        spec: &ClientSpec,
+        spec: &RequestSpec,
         discovered_methods: Option<&[String]>,
         token_url: &Url,
     ) -> Result<Self, FetchError> {

@@ -13,7 +13,7 @@ use super::error::FetchError;
 use super::http::HttpClients;
 use super::request::{TokenRequest, request_token};
 use crate::clock::Clock;
-use crate::config::{Auth, ClientSpec, Endpoint};
+use crate::config::{Auth, ClientSpec, Endpoint, RequestSpec};
 use crate::token::Token;
 
 /// A client's connection to its authorization server: the discovered endpoint is cached
@@ -42,9 +42,10 @@ impl Session {
         default_lifetime: Duration,
     ) -> Result<Token, FetchError> {
         let http = http_clients
-            .for_endpoint(&self.spec.endpoint, &self.spec.tls)
+            .for_endpoint(&self.spec.request.endpoint, &self.spec.request.tls)
             .map_err(FetchError::permanent)?;
-        let spec = Arc::clone(&self.spec);
+        let client = Arc::clone(&self.spec);
+        let spec = &client.request;
         let (token_url, discovered_methods) = match &spec.endpoint {
             Endpoint::TokenUrl(url) => (url.clone(), None),
             Endpoint::Issuer(issuer) => {
@@ -52,7 +53,7 @@ impl Session {
                     Some(discovery) => discovery.clone(),
                     None => {
                         let discovery = discover(&http, issuer).await?;
-                        check_discovered_urls(&spec, &discovery)?;
+                        check_discovered_urls(spec, &discovery)?;
                         self.discovery = Some(discovery.clone());
                         discovery
                     }
@@ -64,7 +65,7 @@ impl Session {
                 (url, Some(discovery.auth_methods))
             }
         };
-        let credentials = Credentials::current(&spec, discovered_methods.as_deref(), &token_url)?;
+        let credentials = Credentials::current(spec, discovered_methods.as_deref(), &token_url)?;
         let request = TokenRequest {
             token_url: &token_url,
             client_id: &spec.client_id,
@@ -87,7 +88,7 @@ impl Session {
 /// A discovered URL this client will post to must pass the check a configured `token_url`
 /// passes: `https`, unless loopback or `allow_insecure_http`. The mTLS alias is used (and so
 /// checked) only by `tls_client_auth` clients.
-fn check_discovered_urls(spec: &ClientSpec, discovery: &Discovery) -> Result<(), FetchError> {
+fn check_discovered_urls(spec: &RequestSpec, discovery: &Discovery) -> Result<(), FetchError> {
     let mut used = vec![("token_endpoint", &discovery.token_endpoint)];
     if let (Auth::TlsClientAuth, Some(alias)) = (&spec.auth, &discovery.mtls_token_endpoint) {
         used.push(("mtls_endpoint_aliases.token_endpoint", alias));

@@ -268,7 +268,7 @@ fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) 
         if let Auth::Secret {
             secret: SecretSource::File { path, .. },
             ..
-        } = &client.auth
+        } = &client.request.auth
         {
             assert!(path.starts_with(&mirrored), "{file}: {}", path.display());
         }
