@@ -40,8 +40,10 @@ pub enum Command {
     },
     /// Validate the configuration and print what it would do; no network.
     Check,
-    /// Print one client's token to stdout: fetched now, or with --cached the saved one while
-    /// it is not due for refresh (for scripts, cron and kubectl). Writes no token files.
+    /// Print one client's token to stdout.
+    ///
+    /// Fetched now, or with --cached the saved one while it is not due for refresh (for
+    /// scripts, cron and kubectl). Writes no token files.
     Token {
         /// Reuse the token saved in the client's state file (shared with a daemon of the same
         /// config) until its refresh point, else fetch one and save it. Concurrent callers
