@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -40,9 +40,39 @@ pub enum Command {
     },
     /// Validate the configuration and print what it would do; no network.
     Check,
-    /// Fetch one token now and print it to stdout.
+    /// Print one client's token to stdout.
+    ///
+    /// Fetched now, or with --cached the saved one while it is not due for refresh (for
+    /// scripts, cron and kubectl). Writes no token files.
     Token {
+        /// Reuse the token saved in the client's state file (shared with a daemon of the same
+        /// config) until its refresh point, else fetch one and save it. Concurrent callers
+        /// take turns on a lock beside the state file, so they send one request.
+        #[arg(long)]
+        cached: bool,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t)]
+        format: TokenFormat,
         /// The client's name in the configuration.
         name: String,
     },
+}
+
+/// What `bearerd token --format` prints: the output formats' exact bytes, or a Kubernetes
+/// `ExecCredential`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TokenFormat {
+    /// The bare access token, no newline.
+    #[default]
+    Token,
+    /// VARIABLE=<token> and VARIABLE_EXPIRES_AT=<unix seconds> lines (the variable of the
+    /// client's first env output, else NAME_TOKEN).
+    Env,
+    /// An "Authorization: Bearer <token>" line.
+    Header,
+    /// {"access_token","token_type","expires_at","expires_in","scope"} and a newline.
+    Json,
+    /// A client.authentication.k8s.io ExecCredential for a kubeconfig exec entry, in the
+    /// apiVersion KUBERNETES_EXEC_INFO asks for (v1 or v1beta1; v1beta1 when it is unset).
+    ExecCredential,
 }

@@ -50,16 +50,30 @@ fn main() -> ExitCode {
             let report = bearerd::check(&config);
             print_stdout(report.as_bytes())
         }
-        Command::Token { name } => match runtime.block_on(bearerd::token(&config, &name)) {
-            Ok(token) => print_stdout(token.expose().as_bytes()),
-            Err(error) => {
-                tracing::error!("{error}");
-                match error {
-                    bearerd::TokenError::UnknownClient(_) => ExitCode::from(2),
-                    bearerd::TokenError::Failed(_) => ExitCode::from(1),
+        Command::Token {
+            name,
+            cached,
+            format,
+        } => {
+            let options = bearerd::TokenOptions {
+                cached,
+                format,
+                exec_info: std::env::var_os(bearerd::exec_credential::EXEC_INFO_VARIABLE),
+            };
+            let clock = bearerd::clock::Clock::system();
+            match runtime.block_on(bearerd::token(&config, &name, &options, clock)) {
+                Ok(printout) => print_stdout(printout.expose().as_bytes()),
+                Err(error) => {
+                    tracing::error!("{error}");
+                    match error {
+                        bearerd::TokenError::UnknownClient(_) | bearerd::TokenError::Usage(_) => {
+                            ExitCode::from(2)
+                        }
+                        bearerd::TokenError::Failed(_) => ExitCode::from(1),
+                    }
                 }
             }
-        },
+        }
         Command::Run {
             once: true,
             deadline,

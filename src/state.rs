@@ -1,6 +1,7 @@
 //! What a restart needs to reuse a still-valid token: one small JSON file per client, trusted
-//! only if bearerd wrote it. It never decides whether to reuse a token (the worker does); it
-//! only reads and writes.
+//! only if bearerd wrote it, and the lock beside it that `token --cached` callers share. It
+//! never decides whether to reuse a token (the worker and `token` do); it only reads, writes
+//! and locks.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
@@ -197,20 +198,8 @@ fn read_trusted(path: &Path) -> Option<Vec<u8>> {
             return None;
         }
     };
-    let own = rustix::process::geteuid().as_raw();
-    if metadata.uid() != own {
-        refuse(format!(
-            "owned by uid {}, not by bearerd's uid {own}",
-            metadata.uid()
-        ));
-        return None;
-    }
-    let mode = metadata.permissions().mode();
-    if mode & 0o022 != 0 {
-        refuse(format!(
-            "group or others can write it: mode {:04o}",
-            mode & 0o7777
-        ));
+    if let Some(reason) = untrusted(&metadata) {
+        refuse(reason);
         return None;
     }
     match read_all(file, MAX_STATE_BYTES) {
@@ -220,6 +209,20 @@ fn read_trusted(path: &Path) -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// Why a file bearerd opened may have been written by someone else: it is owned by another
+/// user, or its group or others can write it.
+fn untrusted(metadata: &Metadata) -> Option<String> {
+    let own = rustix::process::geteuid().as_raw();
+    if metadata.uid() != own {
+        return Some(format!(
+            "owned by uid {}, not by bearerd's uid {own}",
+            metadata.uid()
+        ));
+    }
+    let mode = metadata.permissions().mode();
+    (mode & 0o022 != 0).then(|| format!("group or others can write it: mode {:04o}", mode & 0o7777))
 }
 
 /// The token saved for `client`, if there is one that bearerd wrote (see [`read_trusted`]) and
@@ -268,6 +271,77 @@ pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
+/// The lock file beside the state file at `state_path` (`NAME.lock` in `state_dir`, else
+/// `.NAME.bearerd-state.lock`): `bearerd token --cached` callers of one client take turns on
+/// it, so that they send one request. It stays when released: unlinking a lock file races
+/// whoever has just opened it.
+pub fn lock_path(state_path: &Path) -> PathBuf {
+    state_path.with_extension("lock")
+}
+
+/// An open lock file, trusted as a state file is: a regular file of bearerd's user that no one
+/// else can write (one owned by someone else could be held by them forever). The lock is an
+/// exclusive `flock`, released when this is dropped, or by the kernel when the process dies:
+/// a killed holder never wedges the others.
+pub struct LockFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// Opens the lock file at `path`, creating it with mode 0600 (and its directory with mode
+    /// 0700, as the state writer would) without following a symlink or blocking on a FIFO.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::unix::fs::DirBuilderExt;
+        let refuse =
+            |reason: String| format!("cannot use the lock file {}: {reason}", path.display());
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|error| refuse(format!("cannot create its directory: {error}")))?;
+        }
+        let flags =
+            OFlags::RDONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = match rustix::fs::open(path, flags, Mode::RUSR | Mode::WUSR) {
+            Ok(fd) => File::from(fd),
+            Err(rustix::io::Errno::LOOP) => return Err(refuse("a symbolic link".to_owned())),
+            Err(error) => return Err(refuse(io::Error::from(error).to_string())),
+        };
+        let metadata = file.metadata().map_err(|error| refuse(error.to_string()))?;
+        if !metadata.file_type().is_file() {
+            return Err(refuse("not a regular file".to_owned()));
+        }
+        if let Some(reason) = untrusted(&metadata) {
+            return Err(refuse(reason));
+        }
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Takes the lock unless another process holds it (then `false`, at once).
+    pub fn try_lock(&self) -> Result<bool, String> {
+        use rustix::fs::{FlockOperation, flock};
+        match flock(&self.file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR) => Ok(false),
+            Err(error) => Err(format!(
+                "cannot lock {}: {}",
+                self.path.display(),
+                io::Error::from(error)
+            )),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +385,35 @@ mod tests {
                 .canonical_settings()
                 .contains("secret-one")
         );
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_a_dropped_lock_is_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("new/.api.bearerd-state.json");
+        let path = lock_path(&state);
+        assert_eq!(path, dir.path().join("new/.api.bearerd-state.lock"));
+        assert_eq!(
+            lock_path(Path::new("/var/lib/bearerd/api.json")),
+            Path::new("/var/lib/bearerd/api.lock")
+        );
+        // Each open is its own open file description, so two in one process contend as two
+        // processes would.
+        let first = LockFile::open(&path).expect("open, creating the directory");
+        let second = LockFile::open(&path).expect("open again");
+        assert!(first.try_lock().expect("lock"));
+        assert!(!second.try_lock().expect("try"), "held by the first");
+        drop(first);
+        assert!(second.try_lock().expect("lock"), "free once dropped");
+        let mode = |path: &Path| {
+            std::fs::metadata(path)
+                .expect("metadata")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
     }
 
     #[test]

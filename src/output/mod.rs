@@ -16,8 +16,8 @@ pub use self::atomic::{
     Durability, TEMP_MARKER, TEMP_NAME_EXTRA, WriteError, is_temp_file_name, remove_output,
     sweep_stale_temps, write_atomic, write_atomic_as, write_if_changed,
 };
-pub use self::template::{PLACEHOLDERS, Template};
-use self::template::{rfc3339, unix_seconds};
+use self::template::unix_seconds;
+pub use self::template::{PLACEHOLDERS, Template, rfc3339};
 
 /// One `[[clients.NAME.output]]`.
 #[derive(Clone, Debug, PartialEq)]

@@ -202,7 +202,7 @@ pub(super) fn unix_seconds(time: SystemTime) -> u64 {
 }
 
 /// RFC 3339 in UTC to the second, clamped as [`unix_seconds`] is.
-pub(super) fn rfc3339(time: SystemTime) -> String {
+pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds(time)))
         .to_string()
 }

@@ -22,3 +22,4 @@ mod manifests;
 mod oidc;
 mod ops;
 mod properties;
+mod token;

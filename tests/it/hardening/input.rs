@@ -382,7 +382,12 @@ fn the_private_key_is_read_bounded_at_each_request() {
                 .build()
                 .expect("runtime");
             runtime
-                .block_on(bearerd::token(&config, "api"))
+                .block_on(bearerd::token(
+                    &config,
+                    "api",
+                    &bearerd::TokenOptions::default(),
+                    bearerd::clock::Clock::system(),
+                ))
                 .map(|_| ())
                 .map_err(|error| error.to_string())
         });
