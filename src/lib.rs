@@ -46,8 +46,8 @@ pub mod token;
 pub mod worker;
 
 use std::ffi::OsString;
-use std::path::Path;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -61,7 +61,7 @@ use crate::oauth::{HttpClients, Session};
 use crate::output::Format;
 use crate::secret::Secret;
 use crate::token::Token;
-use crate::worker::{Mode, Shared, Worker};
+use crate::worker::{Mode, Start, Worker, WorkerContext};
 
 /// The clients that `run --once` could not serve, each with its last error.
 #[derive(Debug)]
@@ -85,19 +85,21 @@ pub async fn run_once(
     clock: Clock,
 ) -> Result<(), OnceFailure> {
     preflight::sweep_stale_temps(config);
-    let shared = Shared::new(config.agent.clone(), clock.clone());
+    let context = WorkerContext::new(config.agent.clone(), clock.clone());
     let now = clock.now();
     let deadline = now.checked_add(deadline).unwrap_or(now);
     let mut tasks = tokio::task::JoinSet::new();
     for client in &config.clients {
         let spec = Arc::new(client.clone());
-        let worker = Worker::new(spec, Arc::clone(&shared), None);
+        let worker = Worker::new(spec, Arc::clone(&context), None);
         let name = client.name.to_string();
         // The sender stays alive until the worker ends, so the worker never sees a closed
         // command channel.
         let (commands_tx, commands) = mpsc::unbounded_channel();
         tasks.spawn(async move {
-            let result = worker.run(Mode::Once { deadline }, true, commands).await;
+            let result = worker
+                .run(Mode::Once { deadline }, Start::ReuseSaved, commands)
+                .await;
             drop(commands_tx);
             (name, result)
         });

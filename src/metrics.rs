@@ -32,6 +32,22 @@ struct VersionLabel {
     version: &'static str,
 }
 
+/// How a token request ended: the `result` label of `bearerd_refreshes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestResult {
+    Success,
+    Failure,
+}
+
+impl RequestResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
 type DurationHistograms = Family<ClientLabel, Histogram, fn() -> Histogram>;
 
 /// The process's metrics and the registry that encodes them.
@@ -120,12 +136,11 @@ impl Metrics {
             .set(unix(expires_at));
     }
 
-    pub fn request_finished(&self, client: &ClientName, success: bool, took: Duration) {
-        let result = if success { "success" } else { "failure" };
+    pub fn request_finished(&self, client: &ClientName, result: RequestResult, took: Duration) {
         self.refreshes
             .get_or_create(&ResultLabel {
                 client: client.to_string(),
-                result,
+                result: result.label(),
             })
             .inc();
         self.durations
@@ -147,10 +162,10 @@ impl Metrics {
         self.expiry.remove(&client_label);
         self.last_error.remove(&client_label);
         self.durations.remove(&client_label);
-        for result in ["success", "failure"] {
+        for result in [RequestResult::Success, RequestResult::Failure] {
             self.refreshes.remove(&ResultLabel {
                 client: client.to_string(),
-                result,
+                result: result.label(),
             });
         }
     }
@@ -176,8 +191,8 @@ mod tests {
         let client = ClientName::parse("tasklist").expect("name");
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         metrics.token_written(&client, at);
-        metrics.request_finished(&client, true, Duration::from_millis(20));
-        metrics.request_finished(&client, false, Duration::from_millis(30));
+        metrics.request_finished(&client, RequestResult::Success, Duration::from_millis(20));
+        metrics.request_finished(&client, RequestResult::Failure, Duration::from_millis(30));
         metrics.request_failed_at(&client, at);
         let text = metrics.encode();
         for line in [

@@ -15,9 +15,9 @@ use crate::clock::Clock;
 use crate::config::{ClientName, Config, ConfigError};
 use crate::events::{Event, ReloadCause};
 use crate::hooks;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestResult};
 use crate::preflight;
-use crate::worker::{Command, Mode, Report, Reporter, Shared, Worker};
+use crate::worker::{Command, Mode, Origin, Report, Reporter, Start, Worker, WorkerContext};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -84,9 +84,9 @@ pub struct Plan {
     /// Untouched: same settings, same worker, same timers.
     pub keep: Vec<ClientName>,
     pub stop: Vec<ClientName>,
-    /// (name, restore): restore = reuse the saved token (only files or hooks changed, or the
-    /// client is new); otherwise fetch at once.
-    pub start: Vec<(ClientName, bool)>,
+    /// Each with how it begins: [`Start::ReuseSaved`] when the client is new or only files,
+    /// hooks or `[agent]` changed; [`Start::Fetch`] when what its token request sends changed.
+    pub start: Vec<(ClientName, Start)>,
 }
 
 /// Decides a reload. A change of `[agent]` restarts every worker, but lets them reuse their
@@ -101,14 +101,18 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     }
     for client in &new.clients {
         match old.client(client.name.as_str()) {
-            None => plan.start.push((client.name.clone(), true)),
+            None => plan.start.push((client.name.clone(), Start::ReuseSaved)),
             Some(previous) if previous == client && !agent_changed => {
                 plan.keep.push(client.name.clone());
             }
             Some(previous) => {
                 plan.stop.push(client.name.clone());
-                plan.start
-                    .push((client.name.clone(), previous.request == client.request));
+                let start = if previous.request == client.request {
+                    Start::ReuseSaved
+                } else {
+                    Start::Fetch
+                };
+                plan.start.push((client.name.clone(), start));
             }
         }
     }
@@ -161,7 +165,7 @@ pub enum Notice {
 pub struct Supervisor {
     config: Config,
     clock: Clock,
-    shared: Arc<Shared>,
+    context: Arc<WorkerContext>,
     workers: HashMap<ClientName, Running>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.
@@ -186,10 +190,10 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(config: Config, clock: Clock, notices: mpsc::UnboundedSender<Notice>) -> Self {
         let (reports_tx, reports) = mpsc::unbounded_channel();
-        let shared = Shared::new(config.agent.clone(), clock.clone());
+        let context = WorkerContext::new(config.agent.clone(), clock.clone());
         let (watched_files, _) = watch::channel(config.watched_files());
         Self {
-            shared,
+            context,
             clock,
             workers: HashMap::new(),
             hooks: HashMap::new(),
@@ -220,7 +224,7 @@ impl Supervisor {
         preflight::sweep_stale_temps(&self.config);
         let names: Vec<ClientName> = self.config.clients.iter().map(|c| c.name.clone()).collect();
         for name in names {
-            self.start(&name, true);
+            self.start(&name, Start::ReuseSaved);
         }
         let mut ready_sent = self.config.clients.is_empty();
         if ready_sent {
@@ -277,7 +281,7 @@ impl Supervisor {
         self.tasks.shutdown().await;
     }
 
-    fn start(&mut self, name: &ClientName, restore: bool) {
+    fn start(&mut self, name: &ClientName, start: Start) {
         let Some(spec) = self.config.client(name.as_str()) else {
             return;
         };
@@ -290,9 +294,9 @@ impl Supervisor {
             sender: self.reports_tx.clone(),
         };
         let gate = self.hooks.entry(name.clone()).or_default().clone();
-        let worker = Worker::new(spec, Arc::clone(&self.shared), Some(reporter)).with_hooks(gate);
+        let worker = Worker::new(spec, Arc::clone(&self.context), Some(reporter)).with_hooks(gate);
         let abort = self.tasks.spawn(async move {
-            let _ = worker.run(Mode::Daemon, restore, commands_rx).await;
+            let _ = worker.run(Mode::Daemon, start, commands_rx).await;
         });
         self.workers.insert(
             name.clone(),
@@ -394,17 +398,17 @@ impl Supervisor {
                     warn!("a change of [agent] listen takes effect at the next restart");
                 }
                 if self.config.agent != new.agent {
-                    self.shared = Shared::new(new.agent.clone(), self.clock.clone());
+                    self.context = WorkerContext::new(new.agent.clone(), self.clock.clone());
                 } else {
                     // Certificates, keys and CA files may have changed in place.
-                    self.shared.http.forget();
+                    self.context.http.forget();
                 }
                 self.config = new;
                 for name in &plan.stop {
                     self.stop(name);
                 }
-                for (name, restore) in &plan.start {
-                    self.start(name, *restore);
+                for (name, start) in &plan.start {
+                    self.start(name, *start);
                 }
                 info!(
                     kept = plan.keep.len(),
@@ -434,20 +438,18 @@ impl Supervisor {
         }
         match &report {
             Report::Fresh {
-                expires_at,
-                latency,
-                ..
+                expires_at, origin, ..
             } => {
                 self.metrics.token_written(&client, *expires_at);
-                if let Some(took) = latency {
-                    self.metrics.request_finished(&client, true, *took);
+                if let Origin::Fetched { latency } = origin {
+                    self.metrics
+                        .request_finished(&client, RequestResult::Success, *latency);
                 }
             }
             Report::Failed { at, latency, .. } => {
                 self.metrics.request_failed_at(&client, *at);
-                if let Some(took) = latency {
-                    self.metrics.request_finished(&client, false, *took);
-                }
+                self.metrics
+                    .request_finished(&client, RequestResult::Failure, *latency);
             }
             Report::Expired { .. } => {}
         }
@@ -460,13 +462,13 @@ impl Supervisor {
                 Report::Fresh {
                     expires_at,
                     next_refresh,
-                    restored,
+                    origin,
                     ..
                 } => {
                     entry.expires_at = Some(expires_at);
                     entry.next_refresh = Some(next_refresh);
                     entry.last_error = None;
-                    if !restored {
+                    if let Origin::Fetched { .. } = origin {
                         entry.refreshes_ok += 1;
                     }
                 }
@@ -538,13 +540,16 @@ mod tests {
         let plan = plan(&old, &new);
         assert_eq!(names(&plan.keep), ["kept"]);
         assert_eq!(names(&plan.stop), ["gone", "scoped"]);
-        let start: Vec<(&str, bool)> = plan
+        let start: Vec<(&str, Start)> = plan
             .start
             .iter()
-            .map(|(name, restore)| (name.as_str(), *restore))
+            .map(|(name, start)| (name.as_str(), *start))
             .collect();
         // A new client may reuse a saved token; a changed request must be fetched again.
-        assert_eq!(start, [("added", true), ("scoped", false)]);
+        assert_eq!(
+            start,
+            [("added", Start::ReuseSaved), ("scoped", Start::Fetch)]
+        );
     }
 
     #[test]
@@ -553,7 +558,10 @@ mod tests {
         let new =
             config(&client("a", "").replace("path = \"/run/a.token\"", "path = \"/run/a2.token\""));
         let plan = plan(&old, &new);
-        assert_eq!(plan.start, [(ClientName::parse("a").expect("name"), true)]);
+        assert_eq!(
+            plan.start,
+            [(ClientName::parse("a").expect("name"), Start::ReuseSaved)]
+        );
     }
 
     #[test]
@@ -563,7 +571,7 @@ mod tests {
             config(&client("a", "").replace("client_secret = \"s\"", "client_secret = \"t\""));
         assert_eq!(
             plan(&old, &new).start,
-            [(ClientName::parse("a").expect("name"), false)]
+            [(ClientName::parse("a").expect("name"), Start::Fetch)]
         );
     }
 
@@ -574,6 +582,9 @@ mod tests {
         let plan = plan(&old, &new);
         assert!(plan.keep.is_empty());
         assert_eq!(names(&plan.stop), ["a"]);
-        assert_eq!(plan.start, [(ClientName::parse("a").expect("name"), true)]);
+        assert_eq!(
+            plan.start,
+            [(ClientName::parse("a").expect("name"), Start::ReuseSaved)]
+        );
     }
 }

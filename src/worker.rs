@@ -1,6 +1,7 @@
-//! One client's life: restore → fetch → write → persist → sleep, or back off and retry.
+//! One client's loop: restore → fetch → write → persist → sleep, or back off and retry.
 //! This is the only place that retries; it reads no config and watches no OS events.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,23 +11,23 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::clock::Clock;
 use crate::config::{Agent, ClientName, ClientSpec, OnExpiry};
 use crate::hooks;
-use crate::oauth::{HttpClients, Session};
+use crate::oauth::{FetchError, HttpClients, Session};
 use crate::output;
 use crate::schedule::{self, Backoff, Failure};
 use crate::state;
 use crate::token::Token;
 
-/// What every worker of one configuration shares: agent settings, the clock, the bound on
-/// requests in flight, and HTTP clients (one per distinct TLS setting, so connection pools and
-/// root stores are shared).
-pub struct Shared {
+/// What every worker of one configuration uses besides its own client: agent settings, the
+/// clock, the bound on requests in flight, and HTTP clients (one per distinct TLS setting, so
+/// connection pools and root stores are shared). A change of `[agent]` makes a new one.
+pub struct WorkerContext {
     pub agent: Agent,
     pub clock: Clock,
     pub permits: Arc<Semaphore>,
     pub(crate) http: HttpClients,
 }
 
-impl Shared {
+impl WorkerContext {
     pub fn new(agent: Agent, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
@@ -49,37 +50,57 @@ impl Shared {
 pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool, String> {
     let spec = Arc::clone(spec);
     let token = token.clone();
+    tokio::task::spawn_blocking(move || write_each_output(&spec, &token))
+        .await
+        .map_err(|error| format!("writer task failed: {error}"))?
+}
+
+/// What [`write_and_save`] did once the token's files were written.
+struct Written {
+    /// Whether any file changed (so `on_refresh` runs).
+    changed: bool,
+    /// The state file's save, which may fail without failing the refresh.
+    state: Result<(), String>,
+}
+
+/// Writes every output of `spec`, then saves the state, in one task on a blocking thread (its
+/// fsyncs must not stall every other client on the runtime's one thread). One task, so that
+/// aborting the worker (a reload, SIGTERM) once the files are being written cannot lose the
+/// state save: a blocking task that has started runs to its end, even at runtime shutdown,
+/// while one still queued then is dropped whole, files and state alike.
+async fn write_and_save(
+    state_path: &Path,
+    spec: &Arc<ClientSpec>,
+    token: &Token,
+) -> Result<Written, String> {
+    let (state_path, spec, token) = (state_path.to_path_buf(), Arc::clone(spec), token.clone());
     tokio::task::spawn_blocking(move || {
-        let mut changed = false;
-        let mut errors = Vec::new();
-        for output in &spec.outputs {
-            let bytes = output::render(&output.format, &token, spec.name.as_str());
-            match output::write_if_changed(&output.path, &bytes, output.mode) {
-                Ok(wrote) => changed |= wrote,
-                Err(error) => errors.push(error.to_string()),
-            }
-        }
-        if errors.is_empty() {
-            Ok(changed)
-        } else {
-            Err(errors.join("; "))
-        }
+        let changed = write_each_output(&spec, &token)?;
+        Ok(Written {
+            changed,
+            state: state::save(&state_path, &spec, &token),
+        })
     })
     .await
     .map_err(|error| format!("writer task failed: {error}"))?
 }
 
-/// [`state::save`] on a blocking thread: its two fsyncs must not stall every other client on
-/// the runtime's one thread (nor can cancelling the caller interrupt the write).
-async fn save_state(
-    path: &std::path::Path,
-    spec: &Arc<ClientSpec>,
-    token: &Token,
-) -> Result<(), String> {
-    let (path, spec, token) = (path.to_path_buf(), Arc::clone(spec), token.clone());
-    tokio::task::spawn_blocking(move || state::save(&path, &spec, &token))
-        .await
-        .map_err(|error| format!("state writer task failed: {error}"))?
+/// Renders and writes every output of `spec` on this thread; returns whether any file changed.
+fn write_each_output(spec: &ClientSpec, token: &Token) -> Result<bool, String> {
+    let mut changed = false;
+    let mut errors = Vec::new();
+    for output in &spec.outputs {
+        let bytes = output::render(&output.format, token, spec.name.as_str());
+        match output::write_if_changed(&output.path, &bytes, output.mode) {
+            Ok(wrote) => changed |= wrote,
+            Err(error) => errors.push(error.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(changed)
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 fn remove_outputs(spec: &ClientSpec) {
@@ -98,18 +119,27 @@ pub enum Report {
         client: ClientName,
         expires_at: SystemTime,
         next_refresh: SystemTime,
-        latency: Option<Duration>,
-        restored: bool,
+        origin: Origin,
     },
     Failed {
         client: ClientName,
         message: String,
         at: SystemTime,
         retry_at: SystemTime,
-        latency: Option<Duration>,
+        /// How long the attempt's request took.
+        latency: Duration,
     },
     /// The token on disk has expired and no new one came.
     Expired { client: ClientName },
+}
+
+/// Where the token of a [`Report::Fresh`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The state file: a token saved before a restart, still good (no request was made).
+    Saved,
+    /// A token request that took `latency`.
+    Fetched { latency: Duration },
 }
 
 /// Where a worker sends its reports, tagged with the worker's id so that a late report from a
@@ -133,7 +163,7 @@ pub enum Command {
 /// refresh: a burst of SIGUSR1s costs one request a second, not one each.
 pub const REFRESH_NOW_QUIET: Duration = Duration::from_secs(1);
 
-/// How long a worker lives.
+/// How long a worker runs.
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
     /// Until the first token is written; transient failures are retried until `deadline`.
@@ -142,22 +172,54 @@ pub enum Mode {
     Daemon,
 }
 
+/// How a worker begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Reuse the saved token if it was fetched with the same settings and is not yet due;
+    /// otherwise fetch.
+    ReuseSaved,
+    /// Fetch at once: what the token request sends has changed.
+    Fetch,
+}
+
 pub struct Worker {
     spec: Arc<ClientSpec>,
-    shared: Arc<Shared>,
+    context: Arc<WorkerContext>,
     session: Session,
-    state_path: std::path::PathBuf,
+    state_path: PathBuf,
     reports: Option<Reporter>,
     hooks: hooks::Gate,
 }
 
+/// Where one worker's loop stands between its steps.
+struct Progress {
+    /// The token this worker last wrote (or restored), if any: its expiry is watched.
+    current: Option<Token>,
+    /// When to fetch next: the refresh deadline, a retry after backoff, or a refresh-now.
+    due: SystemTime,
+    /// Failures since the last success or refresh-now: how far the backoff has grown.
+    attempt: u32,
+    /// The last failure's message, so that a failure is logged at `warn` once per change.
+    last_error: Option<String>,
+    /// `current` expired and that was reported (once, until a new token comes).
+    expired_reported: bool,
+    /// When the last request ended (commands sent while it was in flight are read after it).
+    last_request: Option<Instant>,
+    /// A refresh-now is already waiting for the quiet second to pass.
+    refresh_waiting: bool,
+}
+
 impl Worker {
-    pub fn new(spec: Arc<ClientSpec>, shared: Arc<Shared>, reports: Option<Reporter>) -> Self {
-        let state_path = state::path(&shared.agent, &spec);
+    pub fn new(
+        spec: Arc<ClientSpec>,
+        context: Arc<WorkerContext>,
+        reports: Option<Reporter>,
+    ) -> Self {
+        let state_path = state::path(&context.agent, &spec);
         Self {
             session: Session::new(Arc::clone(&spec)),
             spec,
-            shared,
+            context,
             state_path,
             reports,
             hooks: hooks::Gate::default(),
@@ -170,246 +232,255 @@ impl Worker {
         self
     }
 
-    /// Runs the client until `mode` says stop. `restore`: reuse a saved token fetched with
-    /// the same settings while it is not yet due. Returns the first error in `Once` mode.
+    /// Runs the client until `mode` says stop, beginning as `start` says. Returns the first
+    /// error in `Once` mode.
     pub async fn run(
         mut self,
         mode: Mode,
-        restore: bool,
+        start: Start,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), String> {
         let span = tracing::info_span!("client", client = %self.spec.name);
-        async move { self.life(mode, restore, &mut commands).await }
+        async move { self.refresh_loop(mode, start, &mut commands).await }
             .instrument(span)
             .await
     }
 
-    async fn life(
+    async fn refresh_loop(
         &mut self,
         mode: Mode,
-        restore: bool,
+        start: Start,
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), String> {
-        let clock = self.shared.clock.clone();
-        let mut current: Option<Token> = None;
-        let mut due = clock.now();
-        if restore && let Some(token) = state::load(&self.state_path, &self.spec) {
-            let next = self.next_refresh(&token);
-            if clock.now() < next {
-                match write_outputs(&self.spec, &token).await {
-                    Ok(_) => {
-                        info!(
-                            token = %token.access_token.fingerprint(),
-                            expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
-                            next_refresh = %humantime::format_rfc3339_seconds(next),
-                            "reusing the saved token"
-                        );
-                        self.report(Report::Fresh {
-                            client: self.spec.name.clone(),
-                            expires_at: token.expires_at,
-                            next_refresh: next,
-                            latency: None,
-                            restored: true,
-                        });
-                        if matches!(mode, Mode::Once { .. }) {
-                            return Ok(());
-                        }
-                        due = next;
-                        current = Some(token);
-                    }
-                    Err(message) => warn!(%message, "cannot restore the saved token's files"),
-                }
-            }
+        let mut progress = Progress::new(self.context.clock.now());
+        if start == Start::ReuseSaved
+            && self.restore(&mut progress).await
+            && matches!(mode, Mode::Once { .. })
+        {
+            return Ok(());
         }
-        let mut attempt: u32 = 0;
-        let mut last_error: Option<String> = None;
-        let mut expired_reported = false;
-        // When the last request ended (commands sent while it was in flight are read after
-        // it), and whether a refresh-now is already waiting for the quiet second to pass.
-        let mut last_request: Option<Instant> = None;
-        let mut refresh_waiting = false;
         loop {
-            // Sleep until the refresh is due (or the current token expires, to report it).
-            let now = clock.now();
-            let expiry = current
-                .as_ref()
-                .map(|token| token.expires_at)
-                .filter(|expires_at| *expires_at > now && !expired_reported);
-            let wake = match expiry {
-                Some(expires_at) => due.min(expires_at),
-                None => due,
-            };
-            if wake > now {
-                tokio::select! {
-                    () = clock.sleep_until(wake) => {}
-                    command = commands.recv() => match command {
-                        Some(Command::RefreshNow) if refresh_waiting => {
-                            debug!("refresh requested; joins the one already waiting");
-                        }
-                        Some(Command::RefreshNow) => {
-                            let quiet = last_request
-                                .map(|ended| REFRESH_NOW_QUIET.saturating_sub(ended.elapsed()))
-                                .unwrap_or_default();
-                            let now = clock.now();
-                            let at = now.checked_add(quiet).unwrap_or(now);
-                            if at < due {
-                                if quiet.is_zero() {
-                                    info!("refresh requested");
-                                } else {
-                                    let wait = Duration::from_millis(quiet.as_millis() as u64);
-                                    info!(
-                                        wait = %humantime::format_duration(wait),
-                                        "refresh requested; waiting for the last request to be a second old"
-                                    );
-                                }
-                                due = at;
-                                attempt = 0;
-                                refresh_waiting = true;
-                            } else {
-                                debug!("refresh requested; one is due by then anyway");
-                            }
-                        }
-                        Some(Command::ClockChanged) => debug!("clock changed; re-checking deadlines"),
-                        None => {
-                            // The supervisor dropped us: a daemon worker only ends by abort,
-                            // so keep going on timers alone.
-                            std::future::pending::<()>().await;
-                        }
-                    },
-                }
-                let now = clock.now();
-                if let Some(token) = &current
-                    && now >= token.expires_at
-                    && !expired_reported
-                {
-                    expired_reported = true;
-                    self.expired(token);
-                }
-                if now < due {
-                    continue;
-                }
-            }
-
-            // The place in flight first, then the request's state machine, boxed: it is large
-            // and lives only while fetching. Inline, it would sit in every idle worker's task;
-            // boxed before the wait, 10,000 clients starting at once would each hold one
-            // (BENCHMARKS.md, memory per client).
-            let permits = Arc::clone(&self.shared.permits);
-            let Ok(_permit) = permits.acquire().await else {
+            self.wait_until_due(&mut progress, commands).await;
+            // The place in flight is held until this attempt's files and state are written.
+            let permits = Arc::clone(&self.context.permits);
+            let Ok(_in_flight) = permits.acquire().await else {
                 return Err("shutting down".to_owned());
             };
-            refresh_waiting = false;
-            let started = Instant::now();
-            let result = Box::pin(self.session.fetch(
-                &self.shared.http,
-                &self.shared.clock,
-                self.shared.agent.default_lifetime,
-            ))
-            .await;
-            let latency = started.elapsed();
-            last_request = Some(Instant::now());
-            let now = clock.now();
-            let failure = match result {
-                Ok(token) => match write_outputs(&self.spec, &token).await {
-                    Ok(changed) => {
-                        if let Err(message) = save_state(&self.state_path, &self.spec, &token).await
-                        {
-                            warn!(%message, "cannot save state; a restart will fetch again");
-                        }
-                        let next = self.next_refresh(&token);
-                        if last_error.take().is_some() {
-                            info!("recovered");
-                        }
-                        info!(
-                            token = %token.access_token.fingerprint(),
-                            expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
-                            next_refresh = %humantime::format_rfc3339_seconds(next),
-                            changed,
-                            "token refreshed"
-                        );
-                        self.report(Report::Fresh {
-                            client: self.spec.name.clone(),
-                            expires_at: token.expires_at,
-                            next_refresh: next,
-                            latency: Some(latency),
-                            restored: false,
-                        });
-                        if changed {
-                            hooks::on_refresh(&self.spec, &self.hooks);
-                        }
-                        if matches!(mode, Mode::Once { .. }) {
-                            return Ok(());
-                        }
-                        attempt = 0;
-                        expired_reported = false;
-                        due = next;
-                        current = Some(token);
-                        continue;
-                    }
-                    // Files could not be written: keep the good token out of memory too, so
-                    // the next attempt starts clean; a write fault is treated as transient.
-                    Err(message) => (Failure::Transient, None, message),
-                },
-                Err(error) => {
-                    let failure = if error.is_permanent() {
-                        Failure::Permanent
-                    } else {
-                        Failure::Transient
-                    };
-                    (failure, error.retry_after(), error.to_string())
-                }
+            let (fetched, latency) = self.fetch(&mut progress).await;
+            let now = self.context.clock.now();
+            let outcome = match fetched {
+                Ok(token) => self
+                    .write_and_persist(&token)
+                    .await
+                    .map(|changed| (token, changed)),
+                Err(error) => Err(FailedAttempt::request(&error)),
             };
-            let (failure, retry_after, message) = failure;
-            let expires_at = current.as_ref().map(|token| token.expires_at);
-            let delay = self.shared.backoff().delay(
-                failure,
-                attempt,
-                retry_after,
-                now,
-                expires_at,
-                rand::random::<f64>(),
-            );
-            attempt = attempt.saturating_add(1);
-            due = now.checked_add(delay).unwrap_or(now);
-            let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
-            if last_error.as_deref() != Some(message.as_str()) {
-                match failure {
-                    Failure::Permanent => {
-                        error!(error = %message, %retry_in, "token request failed; will not heal without a change")
-                    }
-                    Failure::Transient => {
-                        warn!(error = %message, %retry_in, "token request failed")
+            match outcome {
+                Ok((token, changed)) => {
+                    self.succeeded(&mut progress, token, changed, latency);
+                    if matches!(mode, Mode::Once { .. }) {
+                        return Ok(());
                     }
                 }
-            } else {
-                debug!(error = %message, %retry_in, attempt, "token request failed again");
-            }
-            last_error = Some(message.clone());
-            self.report(Report::Failed {
-                client: self.spec.name.clone(),
-                message: message.clone(),
-                at: now,
-                retry_at: due,
-                latency: Some(latency),
-            });
-            if let Mode::Once { deadline } = mode
-                && (failure == Failure::Permanent || due > deadline)
-            {
-                return Err(message);
+                Err(failed) => {
+                    self.back_off(&mut progress, &failed, now, latency);
+                    if let Mode::Once { deadline } = mode
+                        && (failed.failure == Failure::Permanent || progress.due > deadline)
+                    {
+                        return Err(failed.message);
+                    }
+                }
             }
         }
+    }
+
+    /// Reuses the saved token if it was fetched with the same settings and is not yet due:
+    /// writes its files and reports it. Returns whether it did.
+    async fn restore(&self, progress: &mut Progress) -> bool {
+        let Some(token) = state::load(&self.state_path, &self.spec) else {
+            return false;
+        };
+        let next = self.next_refresh(&token);
+        if self.context.clock.now() >= next {
+            return false;
+        }
+        match write_outputs(&self.spec, &token).await {
+            Ok(_) => {
+                info!(
+                    token = %token.access_token.fingerprint(),
+                    expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+                    next_refresh = %humantime::format_rfc3339_seconds(next),
+                    "reusing the saved token"
+                );
+                self.report(Report::Fresh {
+                    client: self.spec.name.clone(),
+                    expires_at: token.expires_at,
+                    next_refresh: next,
+                    origin: Origin::Saved,
+                });
+                progress.due = next;
+                progress.current = Some(token);
+                true
+            }
+            Err(message) => {
+                warn!(%message, "cannot restore the saved token's files");
+                false
+            }
+        }
+    }
+
+    /// Sleeps until the fetch is due, reporting the current token's expiry if that comes
+    /// first. Meanwhile a refresh-now brings the fetch forward and a clock change re-checks.
+    async fn wait_until_due(
+        &self,
+        progress: &mut Progress,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) {
+        let clock = &self.context.clock;
+        loop {
+            let now = clock.now();
+            let wake = progress.wake_at(now);
+            if wake <= now {
+                return;
+            }
+            tokio::select! {
+                () = clock.sleep_until(wake) => {}
+                command = commands.recv() => match command {
+                    Some(Command::RefreshNow) => progress.refresh_requested(clock),
+                    Some(Command::ClockChanged) => debug!("clock changed; re-checking deadlines"),
+                    None => {
+                        // The supervisor dropped us: a daemon worker only ends by abort,
+                        // so keep going on timers alone.
+                        std::future::pending::<()>().await;
+                    }
+                },
+            }
+            let now = clock.now();
+            if let Some(token) = progress.newly_expired(now) {
+                self.expire(token);
+            }
+            if now >= progress.due {
+                return;
+            }
+        }
+    }
+
+    /// One token request; also returns how long it took.
+    async fn fetch(&mut self, progress: &mut Progress) -> (Result<Token, FetchError>, Duration) {
+        progress.refresh_waiting = false;
+        let started = Instant::now();
+        // Boxed, after the place in flight was taken: the request's state machine is large and
+        // lives only while fetching. Inline, it would sit in every idle worker's task; boxed
+        // before the wait, 10,000 clients starting at once would each hold one (BENCHMARKS.md,
+        // memory per client).
+        let fetched = Box::pin(self.session.fetch(
+            &self.context.http,
+            &self.context.clock,
+            self.context.agent.default_lifetime,
+        ))
+        .await;
+        let latency = started.elapsed();
+        progress.last_request = Some(Instant::now());
+        (fetched, latency)
+    }
+
+    /// Writes the token's files, then its state; returns whether any file changed. A state
+    /// that cannot be saved is a warning, not a failure.
+    async fn write_and_persist(&self, token: &Token) -> Result<bool, FailedAttempt> {
+        let written = write_and_save(&self.state_path, &self.spec, token)
+            .await
+            .map_err(FailedAttempt::write)?;
+        if let Err(message) = written.state {
+            warn!(%message, "cannot save state; a restart will fetch again");
+        }
+        Ok(written.changed)
+    }
+
+    /// A new token is on disk: log, report, run `on_refresh` if a file changed, and schedule
+    /// the next refresh.
+    fn succeeded(&self, progress: &mut Progress, token: Token, changed: bool, latency: Duration) {
+        let next = self.next_refresh(&token);
+        if progress.last_error.take().is_some() {
+            info!("recovered");
+        }
+        info!(
+            token = %token.access_token.fingerprint(),
+            expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+            next_refresh = %humantime::format_rfc3339_seconds(next),
+            changed,
+            "token refreshed"
+        );
+        self.report(Report::Fresh {
+            client: self.spec.name.clone(),
+            expires_at: token.expires_at,
+            next_refresh: next,
+            origin: Origin::Fetched { latency },
+        });
+        if changed {
+            hooks::on_refresh(&self.spec, &self.hooks);
+        }
+        progress.attempt = 0;
+        progress.expired_reported = false;
+        progress.due = next;
+        progress.current = Some(token);
+    }
+
+    /// An attempt failed at `now`: schedule the retry, log (at `warn` or `error` once per
+    /// change of message, else at `debug`) and report.
+    fn back_off(
+        &self,
+        progress: &mut Progress,
+        failed: &FailedAttempt,
+        now: SystemTime,
+        latency: Duration,
+    ) {
+        let expires_at = progress.current.as_ref().map(|token| token.expires_at);
+        let delay = self.context.backoff().delay(
+            failed.failure,
+            progress.attempt,
+            failed.retry_after,
+            now,
+            expires_at,
+            rand::random::<f64>(),
+        );
+        progress.attempt = progress.attempt.saturating_add(1);
+        progress.due = now.checked_add(delay).unwrap_or(now);
+        let message = &failed.message;
+        let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
+        if progress.last_error.as_deref() != Some(message.as_str()) {
+            match failed.failure {
+                Failure::Permanent => {
+                    error!(error = %message, %retry_in, "token request failed; will not heal without a change")
+                }
+                Failure::Transient => {
+                    warn!(error = %message, %retry_in, "token request failed")
+                }
+            }
+        } else {
+            debug!(error = %message, %retry_in, attempt = progress.attempt, "token request failed again");
+        }
+        progress.last_error = Some(message.clone());
+        self.report(Report::Failed {
+            client: self.spec.name.clone(),
+            message: message.clone(),
+            at: now,
+            retry_at: progress.due,
+            latency,
+        });
     }
 
     fn next_refresh(&self, token: &Token) -> SystemTime {
         schedule::refresh_deadline(
             token.issued_at,
             token.expires_at,
-            self.shared.agent.refresh_at,
+            self.context.agent.refresh_at,
             rand::random::<f64>(),
         )
     }
 
-    fn expired(&self, token: &Token) {
+    /// The token on disk expired and no new one came: warn, remove its files if so configured,
+    /// and report.
+    fn expire(&self, token: &Token) {
         warn!(
             token = %token.access_token.fingerprint(),
             "the token on disk has expired and no new one could be fetched"
@@ -428,5 +499,168 @@ impl Worker {
         if let Some(reporter) = &self.reports {
             let _ = reporter.sender.send((reporter.worker, report));
         }
+    }
+}
+
+/// Why an attempt failed, as far as the backoff and the log are concerned.
+struct FailedAttempt {
+    failure: Failure,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+impl FailedAttempt {
+    fn request(error: &FetchError) -> Self {
+        Self {
+            failure: if error.is_permanent() {
+                Failure::Permanent
+            } else {
+                Failure::Transient
+            },
+            retry_after: error.retry_after(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Files could not be written: the good token is kept out of memory too, so the next
+    /// attempt starts clean; a write fault is treated as transient.
+    fn write(message: String) -> Self {
+        Self {
+            failure: Failure::Transient,
+            retry_after: None,
+            message,
+        }
+    }
+}
+
+impl Progress {
+    fn new(now: SystemTime) -> Self {
+        Self {
+            current: None,
+            due: now,
+            attempt: 0,
+            last_error: None,
+            expired_reported: false,
+            last_request: None,
+            refresh_waiting: false,
+        }
+    }
+
+    /// When to wake up: when the fetch is due, or when the current token expires if that comes
+    /// first (to report it).
+    fn wake_at(&self, now: SystemTime) -> SystemTime {
+        let expiry = self
+            .current
+            .as_ref()
+            .map(|token| token.expires_at)
+            .filter(|expires_at| *expires_at > now && !self.expired_reported);
+        match expiry {
+            Some(expires_at) => self.due.min(expires_at),
+            None => self.due,
+        }
+    }
+
+    /// The current token, the first time it is seen expired at `now`.
+    fn newly_expired(&mut self, now: SystemTime) -> Option<&Token> {
+        let token = self.current.as_ref()?;
+        if now < token.expires_at || self.expired_reported {
+            return None;
+        }
+        self.expired_reported = true;
+        Some(token)
+    }
+
+    /// A refresh-now: due at once, or when the last request is a second old; requests
+    /// meanwhile join that one.
+    fn refresh_requested(&mut self, clock: &Clock) {
+        if self.refresh_waiting {
+            debug!("refresh requested; joins the one already waiting");
+            return;
+        }
+        let quiet = self
+            .last_request
+            .map(|ended| REFRESH_NOW_QUIET.saturating_sub(ended.elapsed()))
+            .unwrap_or_default();
+        let now = clock.now();
+        let at = now.checked_add(quiet).unwrap_or(now);
+        if at >= self.due {
+            debug!("refresh requested; one is due by then anyway");
+            return;
+        }
+        if quiet.is_zero() {
+            info!("refresh requested");
+        } else {
+            let wait = Duration::from_millis(quiet.as_millis() as u64);
+            info!(
+                wait = %humantime::format_duration(wait),
+                "refresh requested; waiting for the last request to be a second old"
+            );
+        }
+        self.due = at;
+        self.attempt = 0;
+        self.refresh_waiting = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    use super::*;
+
+    /// A worker aborted (a reload, SIGTERM) once its token files are being written still saves
+    /// the state, so the next start reuses the token instead of fetching one more.
+    #[test]
+    fn the_state_is_saved_when_the_worker_is_aborted_during_the_write() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let output = directory.path().join("api.token");
+        let text = format!(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             client_secret = \"s\"\n[[clients.api.output]]\npath = {:?}\n",
+            output.display().to_string()
+        );
+        let config =
+            crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
+                Err(std::env::VarError::NotPresent)
+            })
+            .expect("valid config");
+        let spec = Arc::new(config.clients[0].clone());
+        let state_path = state::path(&config.agent, &spec);
+        let issued_at = SystemTime::now();
+        let token = Token {
+            access_token: crate::secret::Secret::new("abc.def"),
+            token_type: "Bearer".to_owned(),
+            scope: None,
+            issued_at,
+            expires_at: issued_at + Duration::from_secs(3600),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _entered = runtime.enter();
+        // Polled once, the write is under way; dropping the future is what an abort does.
+        let mut writing = Box::pin(write_and_save(&state_path, &spec, &token));
+        let _ = writing
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        drop(writing);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let saved = loop {
+            if let Some(saved) = state::load(&state_path, &spec) {
+                break saved;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the state was not saved after the abort"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(saved.access_token.expose(), "abc.def");
+        assert_eq!(
+            std::fs::read_to_string(&output).expect("token file"),
+            "abc.def"
+        );
     }
 }
