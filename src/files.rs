@@ -11,7 +11,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 /// What a file holds: names it in messages and sets its size cap (see docs/configuration.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Config,
     ClientSecret,
     PrivateKey,
@@ -28,7 +28,7 @@ const MIB: u64 = 1024 * KIB;
 
 impl Kind {
     /// How the file is called in messages: its config key where it has one.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Config => "config file",
             Self::ClientSecret => "secret file",
@@ -42,7 +42,7 @@ impl Kind {
     }
 
     /// The most bytes such a file may hold.
-    pub fn cap(self) -> u64 {
+    fn cap(self) -> u64 {
         match self {
             // 10,000 clients take about 2 MiB; this leaves room for 80,000.
             Self::Config | Self::Watched => 16 * MIB,
@@ -56,9 +56,9 @@ impl Kind {
 
 /// Why a file was not read.
 #[derive(Debug)]
-pub struct FileError {
-    pub path: PathBuf,
-    pub kind: Kind,
+pub(crate) struct FileError {
+    path: PathBuf,
+    kind: Kind,
     problem: Problem,
 }
 
@@ -73,7 +73,7 @@ enum Problem {
 impl FileError {
     /// The message without the path, for a caller that shows the path already: "config file
     /// is a FIFO, not a regular file".
-    pub fn without_path(&self) -> String {
+    pub(crate) fn without_path(&self) -> String {
         self.message(None)
     }
 
@@ -111,7 +111,7 @@ fn size(bytes: u64) -> String {
 /// Reads a regular file of at most `kind.cap()` bytes. The open cannot block (a FIFO is opened
 /// non-blocking and then refused), and no more than the cap plus one byte is ever read, so
 /// `/dev/zero` or a file that grows while it is read costs nothing.
-pub fn read(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
+pub(crate) fn read(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
     let fail = |problem| FileError {
         path: path.to_owned(),
         kind,
@@ -156,7 +156,7 @@ fn not_regular(stat: &rustix::fs::Stat) -> Option<&'static str> {
 }
 
 /// [`read`], for files that hold text.
-pub fn read_text(path: &Path, kind: Kind) -> Result<String, FileError> {
+pub(crate) fn read_text(path: &Path, kind: Kind) -> Result<String, FileError> {
     let bytes = read(path, kind)?;
     String::from_utf8(bytes).map_err(|_| FileError {
         path: path.to_owned(),

@@ -3,11 +3,11 @@
 //! # Layout
 //! - [`cli`]: the clap definition (the binary, the man page and completions use it).
 //! - [`config`]: the TOML file → a validated [`config::Config`] (every error located).
-//! - [`files`]: reading the config and the files it names: regular files within a size cap.
+//! - `files`: reading the config and the files it names: regular files within a size cap.
 //! - [`secret`]: [`secret::Secret`], whose value only `expose()` reveals; fingerprints.
 //! - [`token`](mod@token): [`token::Token`] and the RFC 6750 `b64token` check (a leaf).
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
-//! - [`schedule`]: pure timing: refresh deadlines and backoff.
+//! - `schedule`: pure timing: refresh deadlines and backoff.
 //! - [`clock`]: the only place that reads the wall clock or sleeps.
 //! - [`output`]: rendering formats (pure) and atomic, durable file writes.
 //! - [`state`]: the per-client state file that lets a restart reuse a valid token, and the lock
@@ -15,11 +15,11 @@
 //! - [`preflight`]: before work starts: the stale-temp sweep, permission warnings, file limit.
 //! - [`exec_credential`]: the Kubernetes `ExecCredential` that `token` can print (pure).
 //! - [`worker`]: one client's loop; the only place that retries.
-//! - [`supervisor`]: the event loop; owns the workers, plans reloads, publishes status.
+//! - `supervisor`: the event loop; owns the workers, plans reloads, publishes status.
 //! - [`events`]: signals, file changes and clock steps → `Event`s (the only OS-event code).
-//! - [`systemd`]: sd_notify (reads status only).
-//! - [`metrics`], [`admin`]: Prometheus metrics and `/healthz`, `/readyz`, `/metrics`.
-//! - [`hooks`]: `on_refresh` commands and signals.
+//! - `systemd`: sd_notify (reads status only).
+//! - `metrics`, [`admin`]: Prometheus metrics and `/healthz`, `/readyz`, `/metrics`.
+//! - `hooks`: `on_refresh` commands and signals.
 //!
 //! The entry points below are what the binary calls; tests and examples call them too. The
 //! daemon is a function of its inputs: [`run`] takes its admin listener and event sources as
@@ -31,17 +31,17 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod exec_credential;
-pub mod files;
-pub mod hooks;
-pub mod metrics;
+mod files;
+mod hooks;
+mod metrics;
 pub mod oauth;
 pub mod output;
 pub mod preflight;
-pub mod schedule;
+mod schedule;
 pub mod secret;
 pub mod state;
-pub mod supervisor;
-pub mod systemd;
+mod supervisor;
+mod systemd;
 pub mod token;
 pub mod worker;
 

@@ -22,7 +22,7 @@ use crate::token::{Token, is_b64token};
 const VERSION: u32 = 1;
 
 /// A state file is about 300 bytes; anything much larger is not one of ours.
-pub const MAX_STATE_BYTES: u64 = 64 * 1024;
+const MAX_STATE_BYTES: u64 = 64 * 1024;
 
 /// A private key or TLS client key larger than this is not a key.
 const MAX_KEY_BYTES: u64 = 1024 * 1024;
@@ -41,7 +41,7 @@ struct Persisted {
 
 /// Where a client's state lives: `state_dir/NAME.json`, else a hidden file beside its first
 /// output (so it shares that directory's lifetime and permissions).
-pub fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
+pub(crate) fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
     match &agent.state_dir {
         Some(dir) => dir.join(format!("{}.json", client.name)),
         None => {
@@ -60,7 +60,7 @@ pub fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
 /// config still cannot make a planted file match; a rotated credential therefore refetches
 /// once. The value reveals nothing about the credential to anyone who cannot already read it:
 /// the state file is mode 0600, owned by bearerd, which reads the credential anyway.
-pub fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
+fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
     let tag = ring::hmac::sign(
         &settings_key(client)?,
         client.request.canonical_settings().as_bytes(),
@@ -225,7 +225,7 @@ fn untrusted(metadata: &Metadata) -> Option<String> {
     (mode & 0o022 != 0).then(|| format!("group or others can write it: mode {:04o}", mode & 0o7777))
 }
 
-/// The token saved for `client`, if there is one that bearerd wrote (see [`read_trusted`]) and
+/// The token saved for `client`, if there is one that bearerd wrote (see `read_trusted`) and
 /// it was fetched with the same settings and credential.
 pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     let bytes = read_trusted(path)?;
@@ -247,7 +247,7 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
 }
 
 /// Saves `token` for `client` atomically with mode 0600, without fsync (see
-/// [`output::Durability::Cache`]).
+/// `output::Durability::Cache`).
 pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), String> {
     let persisted = Persisted {
         version: VERSION,
@@ -267,7 +267,7 @@ pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), Strin
 }
 
 /// Removes a client's state (its token expired and its files were removed).
-pub fn remove(path: &Path) {
+pub(crate) fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
@@ -275,7 +275,7 @@ pub fn remove(path: &Path) {
 /// `.NAME.bearerd-state.lock`): `bearerd token --cached` callers of one client take turns on
 /// it, so that they send one request. It stays when released: unlinking a lock file races
 /// whoever has just opened it.
-pub fn lock_path(state_path: &Path) -> PathBuf {
+pub(crate) fn lock_path(state_path: &Path) -> PathBuf {
     state_path.with_extension("lock")
 }
 
@@ -283,7 +283,7 @@ pub fn lock_path(state_path: &Path) -> PathBuf {
 /// else can write (one owned by someone else could be held by them forever). The lock is an
 /// exclusive `flock`, released when this is dropped, or by the kernel when the process dies:
 /// a killed holder never wedges the others.
-pub struct LockFile {
+pub(crate) struct LockFile {
     file: File,
     path: PathBuf,
 }
@@ -291,7 +291,7 @@ pub struct LockFile {
 impl LockFile {
     /// Opens the lock file at `path`, creating it with mode 0600 (and its directory with mode
     /// 0700, as the state writer would) without following a symlink or blocking on a FIFO.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
         use rustix::fs::{Mode, OFlags};
         use std::os::unix::fs::DirBuilderExt;
         let refuse =
@@ -324,7 +324,7 @@ impl LockFile {
     }
 
     /// Takes the lock unless another process holds it (then `false`, at once).
-    pub fn try_lock(&self) -> Result<bool, String> {
+    pub(crate) fn try_lock(&self) -> Result<bool, String> {
         use rustix::fs::{FlockOperation, flock};
         match flock(&self.file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(true),
@@ -337,7 +337,7 @@ impl LockFile {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -1,5 +1,5 @@
 //! The configuration file: TOML text → spanned tree → validated, typed [`Config`].
-//! It reads the config file and the files it names (through [`crate::files`]), nothing else;
+//! It reads the config file and the files it names (through `crate::files`), nothing else;
 //! no network, no clock.
 //!
 //! # Layout
@@ -57,17 +57,17 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Agent {
     /// Refresh once this fraction of a token's lifetime has passed (0 < x < 1).
-    pub refresh_at: f64,
+    pub(crate) refresh_at: f64,
     pub listen: Option<SocketAddr>,
     pub log_format: LogFormat,
-    pub http_timeout: Duration,
-    pub max_concurrent_requests: usize,
+    pub(crate) http_timeout: Duration,
+    pub(crate) max_concurrent_requests: usize,
     /// Lifetime assumed when a response has neither `expires_in` nor a JWT `exp`.
-    pub default_lifetime: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
+    pub(crate) default_lifetime: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
     /// Where per-client state files go; `None`: beside each client's first output.
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 impl Default for Agent {
@@ -148,7 +148,7 @@ impl Config {
     }
 
     /// The files that hold credentials: the config itself, secret files and private keys.
-    pub fn credential_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn credential_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         for client in &self.clients {
             match &client.request.auth {

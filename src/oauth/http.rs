@@ -1,5 +1,5 @@
 //! The `reqwest` client and what it says: the client for one set of TLS settings (`ca_file`,
-//! the client identity, a proxy, the system's roots), [`HttpClients`] that shares one per
+//! the client identity, a proxy, the system's roots), `HttpClients` that shares one per
 //! distinct setting, a response read under its size cap, and reqwest and rustls errors turned
 //! into messages a person can act on. It never retries or follows a redirect (reqwest's own
 //! retries and redirects are off) and never looks inside a response body.
@@ -75,7 +75,7 @@ impl HttpClients {
 }
 
 /// The HTTP client for one set of TLS settings, optionally without the system's root store.
-/// Share it (through [`HttpClients`]): it holds the connection pool, and parsing the system's
+/// Share it (through `HttpClients`): it holds the connection pool, and parsing the system's
 /// roots is most of a one-client `run --once` (about 5 ms of 13, BENCHMARKS.md); a client whose
 /// token endpoint is plain `http` never does TLS, so it skips them.
 ///

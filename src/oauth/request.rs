@@ -22,13 +22,13 @@ use crate::token::Token;
 /// One token request, described.
 #[derive(Clone, Debug)]
 pub(super) struct TokenRequest<'a> {
-    pub token_url: &'a Url,
-    pub client_id: &'a str,
-    pub credentials: Credentials,
-    pub audience: Option<&'a str>,
-    pub scope: Option<&'a str>,
+    pub(super) token_url: &'a Url,
+    pub(super) client_id: &'a str,
+    pub(super) credentials: Credentials,
+    pub(super) audience: Option<&'a str>,
+    pub(super) scope: Option<&'a str>,
     /// Sent after the standard parameters, in key order.
-    pub extra_params: &'a BTreeMap<String, String>,
+    pub(super) extra_params: &'a BTreeMap<String, String>,
 }
 
 /// Makes one client-credentials request. `now` stamps the token and the client assertion and
