@@ -30,6 +30,6 @@ mod session;
 
 pub use self::error::FetchError;
 pub(crate) use self::http::HttpClients;
-pub use self::http::http_client;
+pub use self::http::{Roots, http_client};
 pub use self::response::{MAX_LIFETIME, MIN_LIFETIME, parse_response};
 pub(crate) use self::session::Session;

@@ -176,7 +176,7 @@ fn fill_and_rename(
 /// permission bits exactly `mode`, so that watchers of an unchanged output stay quiet.
 /// Returns whether the file was written.
 pub(crate) fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, WriteError> {
-    if holds(path, bytes, mode) {
+    if unchanged(path, bytes, mode) {
         return Ok(false);
     }
     write_atomic(path, bytes, mode)?;
@@ -185,7 +185,7 @@ pub(crate) fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<b
 
 /// Whether `path` is a regular file (not a symlink) with exactly `bytes` and `mode`. Any
 /// error reading it counts as "no": writing will then either succeed or say why not.
-fn holds(path: &Path, bytes: &[u8], mode: u32) -> bool {
+fn unchanged(path: &Path, bytes: &[u8], mode: u32) -> bool {
     let Ok(metadata) = fs::symlink_metadata(path) else {
         return false;
     };

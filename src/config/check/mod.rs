@@ -260,13 +260,8 @@ impl Checker<'_> {
         }
     }
 
-    fn duration(
-        &mut self,
-        table: &DeTable<'_>,
-        prefix: &str,
-        key: &str,
-        positive: bool,
-    ) -> Option<Duration> {
+    /// A duration string ("10s", "5m"); no duration bearerd reads may be zero.
+    fn duration(&mut self, table: &DeTable<'_>, prefix: &str, key: &str) -> Option<Duration> {
         let value = table.get(key)?;
         let full = format!("{prefix}.{key}");
         let DeValue::String(text) = value.get_ref() else {
@@ -282,7 +277,7 @@ impl Checker<'_> {
         };
         let text = self.expand(text, &value.span(), &full)?;
         match humantime::parse_duration(&text) {
-            Ok(duration) if positive && duration.is_zero() => {
+            Ok(duration) if duration.is_zero() => {
                 self.error(
                     &value.span(),
                     &full,
