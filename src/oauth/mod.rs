@@ -28,6 +28,7 @@ mod request;
 mod response;
 mod session;
 
+pub(crate) use self::credentials::fingerprint_key;
 pub use self::error::FetchError;
 pub(crate) use self::http::HttpClients;
 pub use self::http::{Roots, http_client};
