@@ -199,9 +199,13 @@ async fn fetch_token(
     clock: &Clock,
 ) -> Result<Token, TokenError> {
     let http_clients = HttpClients::new(config.agent.http_timeout);
-    let mut session = Session::new(Arc::new(client.clone()));
-    session
-        .fetch(&http_clients, clock, config.agent.default_lifetime)
+    Session::new()
+        .fetch(
+            &client.request,
+            &http_clients,
+            clock,
+            config.agent.default_lifetime,
+        )
         .await
         .map_err(|error| TokenError::Failed(format!("client {}: {error}", client.name)))
 }

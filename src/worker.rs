@@ -217,7 +217,7 @@ impl Worker {
     ) -> Self {
         let state_path = state::path(&context.agent, &spec);
         Self {
-            session: Session::new(Arc::clone(&spec)),
+            session: Session::new(),
             spec,
             context,
             state_path,
@@ -374,6 +374,7 @@ impl Worker {
         // before the wait, 10,000 clients starting at once would each hold one (BENCHMARKS.md,
         // memory per client).
         let fetched = Box::pin(self.session.fetch(
+            &self.spec.request,
             &self.context.http,
             &self.context.clock,
             self.context.agent.default_lifetime,
