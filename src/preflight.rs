@@ -47,8 +47,8 @@ pub(crate) fn sweep_stale_temps(config: &Config) {
 }
 
 /// What is wrong with a directory that [`writable_directories`] returns.
-pub(crate) const WRITABLE_DIRECTORY: &str = "directory of token or state files is writable by other \
-    users, who could plant or replace files in it; chmod go-w it";
+pub(crate) const WRITABLE_DIRECTORY: &str = "directory of token or state files is writable by \
+    other users, who could plant or replace files in it; chmod go-w it";
 
 /// The output and state directories that other users can write to (a group or others write
 /// bit, sticky or not), with their modes: they could plant a state file there, and without the

@@ -56,8 +56,9 @@ pub(crate) fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
 /// HMAC-SHA256, keyed by the client's credential (`oauth::fingerprint_key`), of everything
 /// that decides which token the server issues (`RequestSpec::canonical_settings`). Keyed, so
 /// that someone who can write the state directory and knows the config still cannot make a
-/// planted file match; a rotated credential therefore refetches once. The value reveals nothing about the credential to anyone who cannot already read it:
-/// the state file is mode 0600, owned by bearerd, which reads the credential anyway.
+/// planted file match; a rotated credential therefore refetches once. The value reveals
+/// nothing about the credential to anyone who cannot already read it: the state file is mode
+/// 0600, owned by bearerd, which reads the credential anyway.
 fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
     let tag = ring::hmac::sign(
         &settings_key(client)?,

@@ -1,7 +1,7 @@
 //! The validator: the spanned TOML tree → [`Config`], every problem reported with its place,
 //! one section per file (this one: [`Config::load`] and [`Config::parse`], the whole file, the
-//! typed getters, `${VAR}` expansion and paths). It reads the files a config names, to check them, and nothing else: no network,
-//! no clock.
+//! typed getters, `${VAR}` expansion and paths). It reads the files a config names, to check
+//! them, and nothing else: no network, no clock.
 
 mod agent;
 mod client;
