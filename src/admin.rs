@@ -21,10 +21,10 @@ use crate::supervisor::Status;
 
 /// What the endpoint reads to respond.
 #[derive(Clone)]
-pub struct Observed {
-    pub status: watch::Receiver<Status>,
-    pub metrics: Arc<Metrics>,
-    pub clock: Clock,
+pub(crate) struct Observed {
+    pub(crate) status: watch::Receiver<Status>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Clock,
 }
 
 /// Connections open at once, at most. Probes and scrapers need a handful; a fixed 64 keeps the
@@ -34,10 +34,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// A request's headers must arrive within this. hyper also runs it while a kept-alive
 /// connection waits for its next request, so it is the idle timeout too.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// No connection lives longer, whatever it does (a client that never reads its response).
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -48,7 +48,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// would let anyone who holds 64 half-sent requests lock the kubelet's probes out; this way a
 /// client that sends its request at once is served, while slow ones make room. An accept
 /// error (out of descriptors, buffers) backs off instead of spinning.
-pub async fn serve(listener: TcpListener, observed: Observed) {
+pub(crate) async fn serve(listener: TcpListener, observed: Observed) {
     let mut connections = JoinSet::new();
     // Open connections, oldest first.
     let mut open: VecDeque<AbortHandle> = VecDeque::new();

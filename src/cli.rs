@@ -61,6 +61,9 @@ pub enum Command {
 /// What `bearerd token --format` prints: the output formats' exact bytes, or a Kubernetes
 /// `ExecCredential`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+// The variants' docs are `--help` and man page text, printed as written: `<token>` is a
+// placeholder there, not an HTML tag.
+#[allow(rustdoc::invalid_html_tags)]
 pub enum TokenFormat {
     /// The bare access token, no newline.
     #[default]

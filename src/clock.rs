@@ -17,7 +17,7 @@ impl Clock {
         Self::default()
     }
 
-    pub fn now(&self) -> SystemTime {
+    pub(crate) fn now(&self) -> SystemTime {
         let offset = self.offset_ms.load(Ordering::Relaxed);
         let now = SystemTime::now();
         let shift = Duration::from_millis(offset.unsigned_abs());
@@ -37,19 +37,19 @@ impl Clock {
 
     /// Sleeps until the wall clock reads `deadline` as far as can be known now. A clock step
     /// while sleeping is not seen here: callers re-check when told the clock changed.
-    pub async fn sleep_until(&self, deadline: SystemTime) {
+    pub(crate) async fn sleep_until(&self, deadline: SystemTime) {
         let left = deadline
             .duration_since(self.now())
             .unwrap_or(Duration::ZERO);
         tokio::time::sleep(left).await;
     }
 
-    pub async fn sleep(&self, duration: Duration) {
+    pub(crate) async fn sleep(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
     }
 
     /// Seconds since the Unix epoch, for files and metrics.
-    pub fn unix_seconds(time: SystemTime) -> u64 {
+    pub(crate) fn unix_seconds(time: SystemTime) -> u64 {
         time.duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs())
     }

@@ -35,7 +35,7 @@ pub enum ReloadCause {
     FileChanged(PathBuf),
 }
 
-/// The daemon's event sources: one channel, fed by the OS sources that [`Events::from_os`]
+/// The daemon's event sources: one channel, fed by the OS sources that `Events::from_os`
 /// installs and by every [`Events::sender`] (a test's stand-ins, or a demo's shutdown).
 pub struct Events {
     sender: mpsc::UnboundedSender<Event>,
@@ -61,7 +61,7 @@ impl Events {
     /// files it names). Only signal handlers are required: without a clock watch or a file
     /// watch the daemon runs on, and a warning says what it will miss. Call it within a tokio
     /// runtime.
-    pub fn from_os(files: &[PathBuf]) -> Result<Self, String> {
+    pub(crate) fn from_os(files: &[PathBuf]) -> Result<Self, String> {
         let mut events = Self::channel();
         spawn_signals(&mut events.tasks, events.sender.clone())
             .map_err(|error| format!("cannot install signal handlers: {error}"))?;
@@ -84,7 +84,7 @@ impl Events {
     /// shut down. From now on the file watch, if there is one, watches the files `watched`
     /// lists: the supervisor's list, which a reload replaces. The receiver closes once the
     /// sources and every [`Events::sender`] are gone.
-    pub fn into_parts(
+    pub(crate) fn into_parts(
         mut self,
         mut watched: watch::Receiver<Vec<PathBuf>>,
     ) -> (mpsc::UnboundedReceiver<Event>, JoinSet<()>) {
@@ -105,7 +105,7 @@ impl Events {
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Forwards SIGTERM/SIGINT/SIGHUP/SIGUSR1 as events until the receiver is gone.
-pub fn spawn_signals(
+fn spawn_signals(
     tasks: &mut JoinSet<()>,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<()> {
@@ -127,7 +127,7 @@ pub fn spawn_signals(
 
 /// Watches files through their directories (so editors' rename-replace and kubelet's
 /// `..data` symlink swap are seen) and reports a file whose content really changed.
-pub struct FileWatch {
+struct FileWatch {
     watcher: notify::RecommendedWatcher,
     watched_dirs: BTreeSet<PathBuf>,
     files: Arc<Mutex<BTreeMap<PathBuf, Option<Digest>>>>,
@@ -136,7 +136,7 @@ pub struct FileWatch {
 type Digest = [u8; 32];
 
 impl FileWatch {
-    pub fn start(
+    fn start(
         tasks: &mut JoinSet<()>,
         files: &[PathBuf],
         events: mpsc::UnboundedSender<Event>,
@@ -206,7 +206,7 @@ impl FileWatch {
     /// Replaces the set of watched files (after a reload). A file already watched keeps its
     /// baseline (the content last compared), so an edit that lands between a reload and this
     /// call is still seen as a change; a newly watched file's current content is its baseline.
-    pub fn set_files(&mut self, files: &[PathBuf]) {
+    fn set_files(&mut self, files: &[PathBuf]) {
         let dirs: BTreeSet<PathBuf> = files
             .iter()
             .map(|file| match file.parent() {
@@ -244,7 +244,7 @@ fn digest_of(path: &Path) -> Option<Digest> {
 /// Reports wall-clock steps and resumes from suspend: a `CLOCK_REALTIME` timerfd armed with
 /// `TFD_TIMER_CANCEL_ON_SET` is cancelled by the kernel whenever the clock is set, which
 /// includes the jump at resume. One descriptor for the whole process, no polling.
-pub fn spawn_clock_watch(
+fn spawn_clock_watch(
     tasks: &mut JoinSet<()>,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<()> {

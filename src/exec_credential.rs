@@ -12,7 +12,7 @@ pub const EXEC_INFO_VARIABLE: &str = "KUBERNETES_EXEC_INFO";
 
 /// The versions of `client.authentication.k8s.io` bearerd speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApiVersion {
+pub(crate) enum ApiVersion {
     /// GA since Kubernetes 1.22.
     V1,
     /// Since Kubernetes 1.11 and still read by today's clients: the default when nothing asks.
@@ -20,7 +20,7 @@ pub enum ApiVersion {
 }
 
 impl ApiVersion {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Self::V1 => "client.authentication.k8s.io/v1",
             Self::V1beta1 => "client.authentication.k8s.io/v1beta1",
@@ -30,7 +30,7 @@ impl ApiVersion {
     /// The version `KUBERNETES_EXEC_INFO` (`exec_info`, its value if set) asks for. client-go
     /// always sets it; when it is unset or empty (a person trying the command), v1beta1, which
     /// every client-go since 1.11 decodes. Anything else is an error that says what to change.
-    pub fn requested(exec_info: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn requested(exec_info: Option<&str>) -> Result<Self, String> {
         let Some(text) = exec_info.filter(|text| !text.trim().is_empty()) else {
             return Ok(Self::V1beta1);
         };
@@ -89,7 +89,7 @@ struct Status<'a> {
 /// `status.expirationTimestamp` the token's expiry in RFC 3339 UTC (client-go runs the plugin
 /// again once it has passed, or when the server answers 401). The token must already be a
 /// `b64token`, so it needs no escaping, though serde escapes it anyway.
-pub fn render(version: ApiVersion, token: &Token) -> Vec<u8> {
+pub(crate) fn render(version: ApiVersion, token: &Token) -> Vec<u8> {
     let document = ExecCredential {
         api_version: version.as_str(),
         kind: "ExecCredential",

@@ -1,17 +1,20 @@
 //! Reading files that may be hostile: the config and every file it names are read here, only
-//! if they are regular files (symlinks followed) and within a size cap for what they hold.
+//! if they are regular files (symlinks followed) and within a size cap for what they hold; and
+//! the files bearerd wrote itself (state and lock files) are opened here, trusted only if they
+//! are regular files of its own user that no one else can write (symlinks not followed).
 //! It reads bytes and names problems; it never interprets content nor logs it (secrets pass).
 
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
 /// What a file holds: names it in messages and sets its size cap (see docs/configuration.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Config,
     ClientSecret,
     PrivateKey,
@@ -28,7 +31,7 @@ const MIB: u64 = 1024 * KIB;
 
 impl Kind {
     /// How the file is called in messages: its config key where it has one.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Config => "config file",
             Self::ClientSecret => "secret file",
@@ -42,7 +45,7 @@ impl Kind {
     }
 
     /// The most bytes such a file may hold.
-    pub fn cap(self) -> u64 {
+    fn cap(self) -> u64 {
         match self {
             // 10,000 clients take about 2 MiB; this leaves room for 80,000.
             Self::Config | Self::Watched => 16 * MIB,
@@ -56,9 +59,9 @@ impl Kind {
 
 /// Why a file was not read.
 #[derive(Debug)]
-pub struct FileError {
-    pub path: PathBuf,
-    pub kind: Kind,
+pub(crate) struct FileError {
+    path: PathBuf,
+    kind: Kind,
     problem: Problem,
 }
 
@@ -73,7 +76,7 @@ enum Problem {
 impl FileError {
     /// The message without the path, for a caller that shows the path already: "config file
     /// is a FIFO, not a regular file".
-    pub fn without_path(&self) -> String {
+    pub(crate) fn without_path(&self) -> String {
         self.message(None)
     }
 
@@ -111,7 +114,7 @@ fn size(bytes: u64) -> String {
 /// Reads a regular file of at most `kind.cap()` bytes. The open cannot block (a FIFO is opened
 /// non-blocking and then refused), and no more than the cap plus one byte is ever read, so
 /// `/dev/zero` or a file that grows while it is read costs nothing.
-pub fn read(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
+pub(crate) fn read(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
     let fail = |problem| FileError {
         path: path.to_owned(),
         kind,
@@ -156,13 +159,107 @@ fn not_regular(stat: &rustix::fs::Stat) -> Option<&'static str> {
 }
 
 /// [`read`], for files that hold text.
-pub fn read_text(path: &Path, kind: Kind) -> Result<String, FileError> {
+pub(crate) fn read_text(path: &Path, kind: Kind) -> Result<String, FileError> {
     let bytes = read(path, kind)?;
     String::from_utf8(bytes).map_err(|_| FileError {
         path: path.to_owned(),
         kind,
         problem: Problem::NotUtf8,
     })
+}
+
+/// How [`open_own`] opens a file bearerd writes itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Own {
+    /// A file that must exist, of at most `cap` bytes (a state file).
+    Existing { cap: u64 },
+    /// The file, created with mode 0600 when it is missing (a lock file).
+    Create,
+}
+
+/// Why [`open_own`] or [`read_own`] gave no file.
+#[derive(Debug)]
+pub(crate) enum OwnFileError {
+    /// Nothing is at the path (never with [`Own::Create`]).
+    Missing,
+    /// Something is, but bearerd cannot trust it or cannot read it: why, in words ("a symbolic
+    /// link", "owned by uid 4242, not by bearerd's uid 1000").
+    Refused(String),
+}
+
+impl fmt::Display for OwnFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("no such file"),
+            Self::Refused(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Opens a file that bearerd wrote itself and trusts it only as such: a symbolic link is not
+/// followed and a FIFO does not block the open; then what was opened (fstat, so a swap cannot
+/// race the check) must be a regular file, within the cap of [`Own::Existing`], owned by
+/// bearerd's own user and writable by no one else.
+pub(crate) fn open_own(path: &Path, how: Own) -> Result<File, OwnFileError> {
+    let refused = |reason: String| OwnFileError::Refused(reason);
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if let Own::Create = how {
+        flags |= OFlags::CREATE;
+    }
+    let file = match rustix::fs::open(path, flags, Mode::RUSR | Mode::WUSR) {
+        Ok(fd) => File::from(fd),
+        Err(rustix::io::Errno::NOENT) if matches!(how, Own::Existing { .. }) => {
+            return Err(OwnFileError::Missing);
+        }
+        Err(rustix::io::Errno::LOOP) => return Err(refused("a symbolic link".to_owned())),
+        Err(errno) => return Err(refused(io::Error::from(errno).to_string())),
+    };
+    let metadata = file
+        .metadata()
+        .map_err(|error| refused(error.to_string()))?;
+    if !metadata.file_type().is_file() {
+        return Err(refused("not a regular file".to_owned()));
+    }
+    if let Own::Existing { cap } = how
+        && metadata.len() > cap
+    {
+        return Err(refused(format!("larger than {} KiB", cap / KIB)));
+    }
+    if let Some(reason) = not_own(&metadata) {
+        return Err(refused(reason));
+    }
+    Ok(file)
+}
+
+/// The bytes of a file bearerd wrote itself (see [`open_own`]) of at most `cap` bytes; no more
+/// than the cap plus one byte is read, in case it grows meanwhile.
+pub(crate) fn read_own(path: &Path, cap: u64) -> Result<Vec<u8>, OwnFileError> {
+    let file = open_own(path, Own::Existing { cap })?;
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|error| OwnFileError::Refused(error.to_string()))?;
+    if bytes.len() as u64 > cap {
+        return Err(OwnFileError::Refused(format!(
+            "grew past {} KiB while being read",
+            cap / KIB
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Why a file bearerd opened may have been written by someone else: it is owned by another
+/// user, or its group or others can write it.
+fn not_own(metadata: &Metadata) -> Option<String> {
+    let own = rustix::process::geteuid().as_raw();
+    if metadata.uid() != own {
+        return Some(format!(
+            "owned by uid {}, not by bearerd's uid {own}",
+            metadata.uid()
+        ));
+    }
+    let mode = metadata.permissions().mode();
+    (mode & 0o022 != 0).then(|| format!("group or others can write it: mode {:04o}", mode & 0o7777))
 }
 
 #[cfg(test)]
@@ -226,6 +323,37 @@ mod tests {
             error.without_path(),
             "private_key_file is larger than 64 KiB"
         );
+    }
+
+    #[test]
+    fn own_files_are_trusted_only_as_bearerd_wrote_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let state = dir.path().join("api.json");
+        let refused = |result: Result<Vec<u8>, OwnFileError>| match result {
+            Err(OwnFileError::Refused(reason)) => reason,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(matches!(read_own(&state, 4096), Err(OwnFileError::Missing)));
+        std::fs::write(&state, [b' '; 2049]).expect("write");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_own(&state, 4096).expect("read").len(), 2049);
+        assert_eq!(refused(read_own(&state, 2048)), "larger than 2 KiB");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o620)).expect("chmod");
+        assert_eq!(
+            refused(read_own(&state, 4096)),
+            "group or others can write it: mode 0620"
+        );
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&state, &link).expect("symlink");
+        assert_eq!(refused(read_own(&link, 4096)), "a symbolic link");
+        assert_eq!(refused(read_own(dir.path(), 4096)), "not a regular file");
+
+        let lock = dir.path().join("api.lock");
+        open_own(&lock, Own::Create).expect("created");
+        let mode = std::fs::metadata(&lock).expect("lock").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        open_own(&lock, Own::Create).expect("opened again");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::config::{ClientSpec, OnRefresh};
 
 /// The most a pid file may hold: a pid and a newline need 12 bytes at most.
-pub const PID_FILE_MAX_BYTES: u64 = 64;
+const PID_FILE_MAX_BYTES: u64 = 64;
 
 /// `PATH` for commands when bearerd has none: systemd's default.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -22,7 +22,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// into one more run after it. Shared by the client's successive workers, so a reload does not
 /// start a second action beside one still running.
 #[derive(Clone, Debug, Default)]
-pub struct Gate(Arc<Mutex<GateState>>);
+pub(crate) struct Gate(Arc<Mutex<GateState>>);
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -41,7 +41,7 @@ impl Gate {
 
 /// Starts the client's `on_refresh` action, if any, and returns at once; if one is running,
 /// it runs once more after that one ends.
-pub fn on_refresh(spec: &Arc<ClientSpec>, gate: &Gate) {
+pub(crate) fn on_refresh(spec: &Arc<ClientSpec>, gate: &Gate) {
     if spec.on_refresh.is_none() {
         return;
     }
@@ -113,7 +113,7 @@ async fn run(spec: &ClientSpec, gate: &Gate) {
 /// `LC_ALL` when set, the `pass_env` variables that are set, and `BEARERD_CLIENT`,
 /// `BEARERD_OUTPUT` (the first output's path), `BEARERD_OUTPUT_COUNT` and `BEARERD_OUTPUT_0`…
 /// (each output's path, in config order). Nothing else: not the variables secrets came from.
-pub fn command_environment(
+pub(crate) fn command_environment(
     spec: &ClientSpec,
     pass_env: &[String],
     lookup: impl Fn(&str) -> Option<OsString>,

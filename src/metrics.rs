@@ -34,7 +34,7 @@ struct VersionLabel {
 
 /// How a token request ended: the `result` label of `bearerd_refreshes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestResult {
+pub(crate) enum RequestResult {
     Success,
     Failure,
 }
@@ -51,7 +51,7 @@ impl RequestResult {
 type DurationHistograms = Family<ClientLabel, Histogram, fn() -> Histogram>;
 
 /// The process's metrics and the registry that encodes them.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     expiry: Family<ClientLabel, Gauge>,
     refreshes: Family<ResultLabel, Counter>,
@@ -130,13 +130,18 @@ fn unix(time: SystemTime) -> i64 {
 }
 
 impl Metrics {
-    pub fn token_written(&self, client: &ClientName, expires_at: SystemTime) {
+    pub(crate) fn token_written(&self, client: &ClientName, expires_at: SystemTime) {
         self.expiry
             .get_or_create(&label(client))
             .set(unix(expires_at));
     }
 
-    pub fn request_finished(&self, client: &ClientName, result: RequestResult, took: Duration) {
+    pub(crate) fn request_finished(
+        &self,
+        client: &ClientName,
+        result: RequestResult,
+        took: Duration,
+    ) {
         self.refreshes
             .get_or_create(&ResultLabel {
                 client: client.to_string(),
@@ -148,16 +153,16 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn request_failed_at(&self, client: &ClientName, at: SystemTime) {
+    pub(crate) fn request_failed_at(&self, client: &ClientName, at: SystemTime) {
         self.last_error.get_or_create(&label(client)).set(unix(at));
     }
 
-    pub fn config_reloaded(&self, applied: bool) {
+    pub(crate) fn config_reloaded(&self, applied: bool) {
         self.reload_successful.set(i64::from(applied));
     }
 
     /// Drops a removed client's series so that dashboards do not show a ghost.
-    pub fn forget(&self, client: &ClientName) {
+    pub(crate) fn forget(&self, client: &ClientName) {
         let client_label = label(client);
         self.expiry.remove(&client_label);
         self.last_error.remove(&client_label);
@@ -171,7 +176,7 @@ impl Metrics {
     }
 
     /// The Prometheus/OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {

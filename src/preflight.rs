@@ -33,7 +33,7 @@ fn file_directories(config: &Config) -> BTreeSet<&Path> {
 
 /// Removes temporary files that a crash left in the output and state directories of `config`.
 /// Call it before any worker of `config` writes (see [`output::sweep_stale_temps`]).
-pub fn sweep_stale_temps(config: &Config) {
+pub(crate) fn sweep_stale_temps(config: &Config) {
     for dir in file_directories(config) {
         match output::sweep_stale_temps(dir) {
             Ok(removed) => {
@@ -47,13 +47,13 @@ pub fn sweep_stale_temps(config: &Config) {
 }
 
 /// What is wrong with a directory that [`writable_directories`] returns.
-pub const WRITABLE_DIRECTORY: &str = "directory of token or state files is writable by other \
-    users, who could plant or replace files in it; chmod go-w it";
+pub(crate) const WRITABLE_DIRECTORY: &str = "directory of token or state files is writable by \
+    other users, who could plant or replace files in it; chmod go-w it";
 
 /// The output and state directories that other users can write to (a group or others write
 /// bit, sticky or not), with their modes: they could plant a state file there, and without the
 /// sticky bit swap a token file under its readers.
-pub fn writable_directories(config: &Config) -> Vec<(&Path, u32)> {
+pub(crate) fn writable_directories(config: &Config) -> Vec<(&Path, u32)> {
     file_directories(config)
         .into_iter()
         .filter_map(|dir| {

@@ -13,7 +13,7 @@ const MIN_REFRESH_AFTER: Duration = Duration::from_secs(1);
 /// When to refresh a token issued at `issued_at` that expires at `expires_at`: once
 /// `refresh_at` of the lifetime has passed, brought forward by up to 5 % of the lifetime
 /// (`random` in `[0, 1)`) so that replicas spread out. Always before expiry.
-pub fn refresh_deadline(
+pub(crate) fn refresh_deadline(
     issued_at: SystemTime,
     expires_at: SystemTime,
     refresh_at: f64,
@@ -30,7 +30,7 @@ pub fn refresh_deadline(
 
 /// Why the last attempt failed, as far as waiting is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// May heal by itself: back off exponentially from `min`.
     Transient,
     /// Will not heal without a change (bad credentials): wait the longest, `max`.
@@ -39,13 +39,13 @@ pub enum Failure {
 
 /// The longest `Retry-After` honoured (or `backoff_max`, when that is longer): a server asking
 /// for a day must not park a client past its token's expiry, nor overflow a deadline.
-pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
 /// Bounds of the retry delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
+pub(crate) struct Backoff {
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Backoff {
@@ -55,7 +55,7 @@ impl Backoff {
     /// `max`, whichever is longer). The backoff (not the
     /// server's floor) never sleeps past `expires_at`, the expiry of the token still on disk,
     /// so that a healed server is tried before the old token dies.
-    pub fn delay(
+    pub(crate) fn delay(
         &self,
         failure: Failure,
         attempt: u32,

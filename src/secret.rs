@@ -18,7 +18,7 @@ impl Secret {
     }
 
     /// A short, stable name for the value that reveals nothing useful about it (for logs).
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         fingerprint(self.0.as_bytes())
     }
 }
@@ -36,7 +36,7 @@ impl fmt::Display for Secret {
 }
 
 /// The first 8 hex digits of the SHA-256 of `bytes`: enough to tell tokens apart in logs.
-pub fn fingerprint(bytes: &[u8]) -> String {
+fn fingerprint(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     hex(&digest.as_ref()[..4])
 }

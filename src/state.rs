@@ -3,16 +3,17 @@
 //! never decides whether to reuse a token (the worker and `token` do); it only reads, writes
 //! and locks.
 
-use std::fs::{File, Metadata};
-use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::config::{Agent, Auth, ClientSpec};
+use crate::config::{Agent, ClientSpec};
+use crate::files::{self, Own, OwnFileError};
+use crate::oauth;
 use crate::output;
 use crate::secret::{self, Secret};
 use crate::token::{Token, is_b64token};
@@ -22,10 +23,7 @@ use crate::token::{Token, is_b64token};
 const VERSION: u32 = 1;
 
 /// A state file is about 300 bytes; anything much larger is not one of ours.
-pub const MAX_STATE_BYTES: u64 = 64 * 1024;
-
-/// A private key or TLS client key larger than this is not a key.
-const MAX_KEY_BYTES: u64 = 1024 * 1024;
+const MAX_STATE_BYTES: u64 = 64 * 1024;
 
 #[derive(Serialize, Deserialize)]
 struct Persisted {
@@ -41,7 +39,7 @@ struct Persisted {
 
 /// Where a client's state lives: `state_dir/NAME.json`, else a hidden file beside its first
 /// output (so it shares that directory's lifetime and permissions).
-pub fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
+pub(crate) fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
     match &agent.state_dir {
         Some(dir) => dir.join(format!("{}.json", client.name)),
         None => {
@@ -55,12 +53,13 @@ pub fn path(agent: &Agent, client: &ClientSpec) -> PathBuf {
     }
 }
 
-/// HMAC-SHA256, keyed by the client's credential, of everything that decides which token the
-/// server issues (`RequestSpec::canonical_settings`). Keyed, so that someone who can write the state directory and knows the
-/// config still cannot make a planted file match; a rotated credential therefore refetches
-/// once. The value reveals nothing about the credential to anyone who cannot already read it:
-/// the state file is mode 0600, owned by bearerd, which reads the credential anyway.
-pub fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
+/// HMAC-SHA256, keyed by the client's credential (`oauth::fingerprint_key`), of everything
+/// that decides which token the server issues (`RequestSpec::canonical_settings`). Keyed, so
+/// that someone who can write the state directory and knows the config still cannot make a
+/// planted file match; a rotated credential therefore refetches once. The value reveals
+/// nothing about the credential to anyone who cannot already read it: the state file is mode
+/// 0600, owned by bearerd, which reads the credential anyway.
+fn settings_fingerprint(client: &ClientSpec) -> Result<String, String> {
     let tag = ring::hmac::sign(
         &settings_key(client)?,
         client.request.canonical_settings().as_bytes(),
@@ -79,10 +78,13 @@ fn fingerprint_matches(fingerprint: &str, client: &ClientSpec) -> bool {
 }
 
 fn settings_key(client: &ClientSpec) -> Result<ring::hmac::Key, String> {
-    Ok(ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &credential(client)?,
-    ))
+    let credential = oauth::fingerprint_key(&client.request)?.ok_or_else(|| {
+        format!(
+            "client {} has no credential to key its state file with",
+            client.name
+        )
+    })?;
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &credential))
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -95,137 +97,24 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What the client proves itself with, as the HMAC key: its secret or private key, and its TLS
-/// client key when it has one. Each part is labelled and length-prefixed, so no two different
-/// credentials give the same key.
-fn credential(client: &ClientSpec) -> Result<Vec<u8>, String> {
-    let mut parts: Vec<(&str, Vec<u8>)> = Vec::new();
-    match &client.request.auth {
-        Auth::Secret { secret, .. } => {
-            parts.push(("secret", secret.current()?.expose().as_bytes().to_vec()));
-        }
-        Auth::PrivateKeyJwt { key_file, .. } => {
-            parts.push(("private_key", read_key(key_file, "private_key_file")?));
-        }
-        Auth::TlsClientAuth => {}
-    }
-    if let Some(identity) = &client.request.tls.identity {
-        parts.push((
-            "tls_client_key",
-            read_key(&identity.key_file, "tls_client_key")?,
-        ));
-    }
-    if parts.is_empty() {
-        return Err(format!(
-            "client {} has no credential to key its state file with",
-            client.name
-        ));
-    }
-    let mut key = Vec::new();
-    for (label, bytes) in parts {
-        for field in [label.as_bytes(), &bytes] {
-            key.extend_from_slice(&(field.len() as u64).to_be_bytes());
-            key.extend_from_slice(field);
-        }
-    }
-    Ok(key)
-}
-
-fn read_key(path: &Path, key: &str) -> Result<Vec<u8>, String> {
-    let (file, _) = open_regular(path, true, MAX_KEY_BYTES)
-        .map_err(|error| format!("cannot read {key} {}: {error}", path.display()))?;
-    read_all(file, MAX_KEY_BYTES)
-        .map_err(|error| format!("cannot read {key} {}: {error}", path.display()))
-}
-
-/// Opens `path` for reading without blocking on a FIFO (and without following a symlink unless
-/// `follow`), then checks what was opened, not the path (fstat, so a swap cannot race it): a
-/// regular file of at most `cap` bytes.
-fn open_regular(path: &Path, follow: bool, cap: u64) -> io::Result<(File, Metadata)> {
-    use rustix::fs::{Mode, OFlags};
-    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    if !follow {
-        flags |= OFlags::NOFOLLOW;
-    }
-    let file = File::from(rustix::fs::open(path, flags, Mode::empty())?);
-    let metadata = file.metadata()?;
-    if !metadata.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if metadata.len() > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("larger than {} KiB", cap / 1024),
-        ));
-    }
-    Ok((file, metadata))
-}
-
-fn read_all(file: File, cap: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("grew past {} KiB while being read", cap / 1024),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// The state file's bytes, if bearerd can trust that it wrote them: a regular file (a symlink
 /// is not followed), no larger than [`MAX_STATE_BYTES`], owned by bearerd's own user, and
 /// writable by no one else. Anything else is warned about and ignored.
 fn read_trusted(path: &Path) -> Option<Vec<u8>> {
-    let refuse = |reason: String| {
-        warn!(
-            path = %path.display(),
-            "ignoring the state file ({reason}); fetching a new token instead"
-        );
-    };
-    let (file, metadata) = match open_regular(path, false, MAX_STATE_BYTES) {
-        Ok(opened) => opened,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
-        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            refuse("a symbolic link".to_owned());
-            return None;
-        }
-        Err(error) => {
-            refuse(error.to_string());
-            return None;
-        }
-    };
-    if let Some(reason) = untrusted(&metadata) {
-        refuse(reason);
-        return None;
-    }
-    match read_all(file, MAX_STATE_BYTES) {
+    match files::read_own(path, MAX_STATE_BYTES) {
         Ok(bytes) => Some(bytes),
-        Err(error) => {
-            refuse(error.to_string());
+        Err(OwnFileError::Missing) => None,
+        Err(OwnFileError::Refused(reason)) => {
+            warn!(
+                path = %path.display(),
+                "ignoring the state file ({reason}); fetching a new token instead"
+            );
             None
         }
     }
 }
 
-/// Why a file bearerd opened may have been written by someone else: it is owned by another
-/// user, or its group or others can write it.
-fn untrusted(metadata: &Metadata) -> Option<String> {
-    let own = rustix::process::geteuid().as_raw();
-    if metadata.uid() != own {
-        return Some(format!(
-            "owned by uid {}, not by bearerd's uid {own}",
-            metadata.uid()
-        ));
-    }
-    let mode = metadata.permissions().mode();
-    (mode & 0o022 != 0).then(|| format!("group or others can write it: mode {:04o}", mode & 0o7777))
-}
-
-/// The token saved for `client`, if there is one that bearerd wrote (see [`read_trusted`]) and
+/// The token saved for `client`, if there is one that bearerd wrote (see `read_trusted`) and
 /// it was fetched with the same settings and credential.
 pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     let bytes = read_trusted(path)?;
@@ -247,7 +136,7 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
 }
 
 /// Saves `token` for `client` atomically with mode 0600, without fsync (see
-/// [`output::Durability::Cache`]).
+/// `output::Durability::Cache`).
 pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), String> {
     let persisted = Persisted {
         version: VERSION,
@@ -267,7 +156,7 @@ pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), Strin
 }
 
 /// Removes a client's state (its token expired and its files were removed).
-pub fn remove(path: &Path) {
+pub(crate) fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
@@ -275,7 +164,7 @@ pub fn remove(path: &Path) {
 /// `.NAME.bearerd-state.lock`): `bearerd token --cached` callers of one client take turns on
 /// it, so that they send one request. It stays when released: unlinking a lock file races
 /// whoever has just opened it.
-pub fn lock_path(state_path: &Path) -> PathBuf {
+pub(crate) fn lock_path(state_path: &Path) -> PathBuf {
     state_path.with_extension("lock")
 }
 
@@ -283,7 +172,7 @@ pub fn lock_path(state_path: &Path) -> PathBuf {
 /// else can write (one owned by someone else could be held by them forever). The lock is an
 /// exclusive `flock`, released when this is dropped, or by the kernel when the process dies:
 /// a killed holder never wedges the others.
-pub struct LockFile {
+pub(crate) struct LockFile {
     file: File,
     path: PathBuf,
 }
@@ -291,8 +180,7 @@ pub struct LockFile {
 impl LockFile {
     /// Opens the lock file at `path`, creating it with mode 0600 (and its directory with mode
     /// 0700, as the state writer would) without following a symlink or blocking on a FIFO.
-    pub fn open(path: &Path) -> Result<Self, String> {
-        use rustix::fs::{Mode, OFlags};
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
         use std::os::unix::fs::DirBuilderExt;
         let refuse =
             |reason: String| format!("cannot use the lock file {}: {reason}", path.display());
@@ -303,20 +191,7 @@ impl LockFile {
                 .create(dir)
                 .map_err(|error| refuse(format!("cannot create its directory: {error}")))?;
         }
-        let flags =
-            OFlags::RDONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let file = match rustix::fs::open(path, flags, Mode::RUSR | Mode::WUSR) {
-            Ok(fd) => File::from(fd),
-            Err(rustix::io::Errno::LOOP) => return Err(refuse("a symbolic link".to_owned())),
-            Err(error) => return Err(refuse(io::Error::from(error).to_string())),
-        };
-        let metadata = file.metadata().map_err(|error| refuse(error.to_string()))?;
-        if !metadata.file_type().is_file() {
-            return Err(refuse("not a regular file".to_owned()));
-        }
-        if let Some(reason) = untrusted(&metadata) {
-            return Err(refuse(reason));
-        }
+        let file = files::open_own(path, Own::Create).map_err(|error| refuse(error.to_string()))?;
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -324,7 +199,7 @@ impl LockFile {
     }
 
     /// Takes the lock unless another process holds it (then `false`, at once).
-    pub fn try_lock(&self) -> Result<bool, String> {
+    pub(crate) fn try_lock(&self) -> Result<bool, String> {
         use rustix::fs::{FlockOperation, flock};
         match flock(&self.file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(true),
@@ -337,13 +212,15 @@ impl LockFile {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn client(secret: &str) -> ClientSpec {

@@ -21,32 +21,32 @@ use crate::worker::{Command, Mode, Origin, Report, Reporter, Start, Worker, Work
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Status {
-    pub clients: BTreeMap<ClientName, ClientStatus>,
+pub(crate) struct Status {
+    clients: BTreeMap<ClientName, ClientStatus>,
     /// Bumped on every successful reload.
-    pub generation: u64,
+    generation: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ClientStatus {
+struct ClientStatus {
     /// At least one attempt finished (success or failure) since the client started.
-    pub tried: bool,
-    pub expires_at: Option<SystemTime>,
-    pub next_refresh: Option<SystemTime>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<SystemTime>,
-    pub refreshes_ok: u64,
-    pub refreshes_failed: u64,
+    tried: bool,
+    expires_at: Option<SystemTime>,
+    next_refresh: Option<SystemTime>,
+    last_error: Option<String>,
+    last_error_at: Option<SystemTime>,
+    refreshes_ok: u64,
+    refreshes_failed: u64,
 }
 
 impl Status {
     /// Every client has been tried once.
-    pub fn all_tried(&self) -> bool {
+    fn all_tried(&self) -> bool {
         self.clients.values().all(|client| client.tried)
     }
 
     /// Clients without an unexpired token on disk.
-    pub fn unready(&self, now: SystemTime) -> Vec<&ClientName> {
+    pub(crate) fn unready(&self, now: SystemTime) -> Vec<&ClientName> {
         self.clients
             .iter()
             .filter(|(_, client)| client.expires_at.is_none_or(|expires_at| expires_at <= now))
@@ -55,7 +55,7 @@ impl Status {
     }
 
     /// One line for `systemctl status`: "3 clients, 3 fresh, next refresh in 4m".
-    pub fn summary(&self, now: SystemTime) -> String {
+    pub(crate) fn summary(&self, now: SystemTime) -> String {
         let total = self.clients.len();
         let fresh = total - self.unready(now).len();
         let failing = self
@@ -80,18 +80,18 @@ impl Status {
 
 /// What a reload does, decided from the old and the new configuration alone.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+struct Plan {
     /// Untouched: same settings, same worker, same timers.
-    pub keep: Vec<ClientName>,
-    pub stop: Vec<ClientName>,
+    keep: Vec<ClientName>,
+    stop: Vec<ClientName>,
     /// Each with how it begins: [`Start::ReuseSaved`] when the client is new or only files,
     /// hooks or `[agent]` changed; [`Start::Fetch`] when what its token request sends changed.
-    pub start: Vec<(ClientName, Start)>,
+    start: Vec<(ClientName, Start)>,
 }
 
 /// Decides a reload. A change of `[agent]` restarts every worker, but lets them reuse their
 /// saved tokens; a change to what a token request sends (including the secret) refetches.
-pub fn plan(old: &Config, new: &Config) -> Plan {
+fn plan(old: &Config, new: &Config) -> Plan {
     let mut plan = Plan::default();
     let agent_changed = old.agent != new.agent;
     for client in &old.clients {
@@ -154,7 +154,7 @@ struct Running {
 
 /// Something the supervisor tells the outside world about (systemd).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
+pub(crate) enum Notice {
     Ready,
     Reloading,
     Stopping,
@@ -162,7 +162,7 @@ pub enum Notice {
 
 /// The daemon's core. `events` carries signals, file changes and clock steps (or a test's
 /// stand-ins); returns after `Event::Shutdown` or when `events` closes, with no task left.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     config: Config,
     clock: Clock,
     context: Arc<WorkerContext>,
@@ -184,11 +184,15 @@ pub struct Supervisor {
     /// A reload was asked for while `loading`: load once more after it, so the last change wins.
     reload_again: bool,
     /// Files to watch changed after a reload; read by the caller.
-    pub watched_files: watch::Sender<Vec<PathBuf>>,
+    pub(crate) watched_files: watch::Sender<Vec<PathBuf>>,
 }
 
 impl Supervisor {
-    pub fn new(config: Config, clock: Clock, notices: mpsc::UnboundedSender<Notice>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        clock: Clock,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Self {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let context = WorkerContext::new(config.agent.clone(), clock.clone());
         let (watched_files, _) = watch::channel(config.watched_files());
@@ -212,15 +216,15 @@ impl Supervisor {
         }
     }
 
-    pub fn status(&self) -> watch::Receiver<Status> {
+    pub(crate) fn status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
     }
 
-    pub fn metrics(&self) -> Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
 
-    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+    pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
         preflight::sweep_stale_temps(&self.config);
         let names: Vec<ClientName> = self.config.clients.iter().map(|c| c.name.clone()).collect();
         for name in names {

@@ -12,14 +12,14 @@ use crate::clock::Clock;
 use crate::supervisor::{Notice, Status};
 
 /// A connection to systemd's notification socket, if there is one.
-pub struct Notifier {
+struct Notifier {
     socket: UnixDatagram,
     address: std::os::unix::net::SocketAddr,
 }
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
-    pub fn from_env() -> Option<Self> {
+    fn from_env() -> Option<Self> {
         let target = std::env::var_os("NOTIFY_SOCKET")?;
         let target = target.to_string_lossy().into_owned();
         let address = if let Some(name) = target.strip_prefix('@') {
@@ -44,7 +44,7 @@ impl Notifier {
         }
     }
 
-    pub fn send(&self, message: &str) {
+    fn send(&self, message: &str) {
         if let Err(error) = self.socket.send_to_addr(message.as_bytes(), &self.address) {
             debug!(%error, "sd_notify failed");
         }
@@ -70,7 +70,7 @@ fn monotonic_usec() -> u64 {
 
 /// Relays notices and status summaries to systemd, and pets the watchdog, until `notices`
 /// closes (after the supervisor's last word, `STOPPING=1`). Does nothing (but drain) when not run under systemd.
-pub fn spawn(
+pub(crate) fn spawn(
     mut notices: mpsc::UnboundedReceiver<Notice>,
     mut status: watch::Receiver<Status>,
     clock: Clock,

@@ -20,15 +20,15 @@ use crate::token::Token;
 /// What every worker of one configuration uses besides its own client: agent settings, the
 /// clock, the bound on requests in flight, and HTTP clients (one per distinct TLS setting, so
 /// connection pools and root stores are shared). A change of `[agent]` makes a new one.
-pub struct WorkerContext {
-    pub agent: Agent,
-    pub clock: Clock,
-    pub permits: Arc<Semaphore>,
+pub(crate) struct WorkerContext {
+    agent: Agent,
+    clock: Clock,
+    permits: Arc<Semaphore>,
     pub(crate) http: HttpClients,
 }
 
 impl WorkerContext {
-    pub fn new(agent: Agent, clock: Clock) -> Arc<Self> {
+    pub(crate) fn new(agent: Agent, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
             http: HttpClients::new(agent.http_timeout),
@@ -113,7 +113,7 @@ fn remove_outputs(spec: &ClientSpec) {
 
 /// What a worker tells the supervisor.
 #[derive(Clone, Debug)]
-pub enum Report {
+pub(crate) enum Report {
     /// New files are in place (or were restored from state).
     Fresh {
         client: ClientName,
@@ -135,7 +135,7 @@ pub enum Report {
 
 /// Where the token of a [`Report::Fresh`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The state file: a token saved before a restart, still good (no request was made).
     Saved,
     /// A token request that took `latency`.
@@ -145,14 +145,14 @@ pub enum Origin {
 /// Where a worker sends its reports, tagged with the worker's id so that a late report from a
 /// stopped worker is not taken for its replacement's.
 #[derive(Clone, Debug)]
-pub struct Reporter {
-    pub worker: u64,
-    pub sender: mpsc::UnboundedSender<(u64, Report)>,
+pub(crate) struct Reporter {
+    pub(crate) worker: u64,
+    pub(crate) sender: mpsc::UnboundedSender<(u64, Report)>,
 }
 
 /// What the supervisor can tell a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     RefreshNow,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
     ClockChanged,
@@ -161,11 +161,11 @@ pub enum Command {
 /// A refresh-now request while a request is in flight or less than this after the last one
 /// ended waits until this much time has passed, and every request meanwhile joins that one
 /// refresh: a burst of SIGUSR1s costs one request a second, not one each.
-pub const REFRESH_NOW_QUIET: Duration = Duration::from_secs(1);
+const REFRESH_NOW_QUIET: Duration = Duration::from_secs(1);
 
 /// How long a worker runs.
 #[derive(Clone, Copy, Debug)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Until the first token is written; transient failures are retried until `deadline`.
     Once { deadline: SystemTime },
     /// Until the task is aborted.
@@ -174,7 +174,7 @@ pub enum Mode {
 
 /// How a worker begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     /// Reuse the saved token if it was fetched with the same settings and is not yet due;
     /// otherwise fetch.
     ReuseSaved,
@@ -182,7 +182,7 @@ pub enum Start {
     Fetch,
 }
 
-pub struct Worker {
+pub(crate) struct Worker {
     spec: Arc<ClientSpec>,
     context: Arc<WorkerContext>,
     session: Session,
@@ -210,14 +210,14 @@ struct Progress {
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         spec: Arc<ClientSpec>,
         context: Arc<WorkerContext>,
         reports: Option<Reporter>,
     ) -> Self {
         let state_path = state::path(&context.agent, &spec);
         Self {
-            session: Session::new(Arc::clone(&spec)),
+            session: Session::new(),
             spec,
             context,
             state_path,
@@ -227,14 +227,14 @@ impl Worker {
     }
 
     /// Runs `on_refresh` actions through `gate`, which outlives this worker (one per client).
-    pub fn with_hooks(mut self, gate: hooks::Gate) -> Self {
+    pub(crate) fn with_hooks(mut self, gate: hooks::Gate) -> Self {
         self.hooks = gate;
         self
     }
 
     /// Runs the client until `mode` says stop, beginning as `start` says. Returns the first
     /// error in `Once` mode.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mode: Mode,
         start: Start,
@@ -374,6 +374,7 @@ impl Worker {
         // before the wait, 10,000 clients starting at once would each hold one (BENCHMARKS.md,
         // memory per client).
         let fetched = Box::pin(self.session.fetch(
+            &self.spec.request,
             &self.context.http,
             &self.context.clock,
             self.context.agent.default_lifetime,

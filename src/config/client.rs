@@ -19,7 +19,7 @@ use crate::secret::Secret;
 pub struct ClientName(String);
 
 impl ClientName {
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub(crate) fn parse(name: &str) -> Result<Self, String> {
         let valid = !name.is_empty()
             && name
                 .bytes()
@@ -33,12 +33,12 @@ impl ClientName {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The default `env` variable: upper-cased, `-` → `_`, then `_TOKEN`.
-    pub fn env_variable(&self) -> String {
+    pub(crate) fn env_variable(&self) -> String {
         let mut variable: String = self
             .0
             .chars()
@@ -67,26 +67,26 @@ pub struct ClientSpec {
     pub name: ClientName,
     pub request: RequestSpec,
     pub outputs: Vec<OutputSpec>,
-    pub on_refresh: Option<OnRefresh>,
-    pub on_expiry: OnExpiry,
+    pub(crate) on_refresh: Option<OnRefresh>,
+    pub(crate) on_expiry: OnExpiry,
 }
 
 /// Every setting that makes a client's token request, in one place: a reload refetches when
-/// it changes, a state file's fingerprint digests [`RequestSpec::canonical_settings`], and the
+/// it changes, a state file's fingerprint digests `RequestSpec::canonical_settings`, and the
 /// request is built from it. A new request setting is a field here.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestSpec {
-    pub endpoint: Endpoint,
-    pub client_id: String,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) client_id: String,
     pub auth: Auth,
-    pub audience: Option<String>,
-    pub scope: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) scope: Option<String>,
     /// Sent as extra token-request parameters, in key order.
-    pub extra_params: BTreeMap<String, String>,
+    pub(crate) extra_params: BTreeMap<String, String>,
     /// TLS settings for the token endpoint (and discovery).
-    pub tls: TlsSettings,
+    pub(crate) tls: TlsSettings,
     /// Plain `http` to a remote host was allowed explicitly.
-    pub allow_insecure_http: bool,
+    pub(crate) allow_insecure_http: bool,
 }
 
 /// Where the token endpoint comes from.
@@ -126,7 +126,7 @@ pub enum SecretMethod {
 }
 
 impl SecretMethod {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Self::Basic => "client_secret_basic",
             Self::Post => "client_secret_post",
@@ -145,7 +145,7 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// The secret as it is now: a file is re-read; one trailing newline is trimmed.
-    pub fn current(&self) -> Result<Secret, String> {
+    pub(crate) fn current(&self) -> Result<Secret, String> {
         match self {
             Self::Inline(secret) => Ok(secret.clone()),
             Self::File { path, .. } => read_secret_file(path),
@@ -222,7 +222,7 @@ pub enum OnExpiry {
 impl RequestSpec {
     /// The method by which this client authenticates, if already known (it may come from
     /// discovery).
-    pub fn auth_method_name(&self) -> Option<&'static str> {
+    pub(crate) fn auth_method_name(&self) -> Option<&'static str> {
         match &self.auth {
             Auth::Secret { method, .. } => method.map(SecretMethod::as_str),
             Auth::PrivateKeyJwt { .. } => Some("private_key_jwt"),

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
     /// 1-based; `None` when the problem has no place in the text (e.g. an unreadable file).
-    pub location: Option<(usize, usize)>,
+    pub(crate) location: Option<(usize, usize)>,
     /// The dotted key, e.g. `clients.tasklist.output[1].mode`; empty for syntax errors.
-    pub key: String,
-    pub message: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 /// How many problems a [`ConfigError`] keeps and shows; the rest are only counted, so that a
@@ -24,7 +24,7 @@ pub const SHOWN_PROBLEMS: usize = 100;
 /// problem kept, then `file: and N more problems (…)` if there were more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     pub diagnostics: Vec<Diagnostic>,
     /// Problems found beyond `diagnostics`.
     pub more: usize,

@@ -1,5 +1,5 @@
 //! The configuration file: TOML text → spanned tree → validated, typed [`Config`].
-//! It reads the config file and the files it names (through [`crate::files`]), nothing else;
+//! It reads the config file and the files it names (through `crate::files`), nothing else;
 //! no network, no clock.
 //!
 //! # Layout
@@ -11,11 +11,11 @@
 //! - `diagnostic`: [`Diagnostic`], [`ConfigError`] (the first [`SHOWN_PROBLEMS`], then a
 //!   count), the collector of problems and the line/column index.
 //! - `check`: the validator that turns the spanned TOML tree into these types, one file per
-//!   section: `mod.rs` (the `Checker`, the whole file, typed getters, `${VAR}`, paths),
-//!   `agent`, `client`, `credentials` (auth, secret, key, TLS identity), `output`,
-//!   `on_refresh`.
-//! - `mod.rs`: [`Config`], [`Agent`], [`Config::load`] / [`Config::parse`], and the files a
-//!   config names.
+//!   section: `mod.rs` ([`Config::load`] / [`Config::parse`], the `Checker`, the whole file,
+//!   typed getters, `${VAR}`, paths), `agent`, `client`, `credentials` (auth, secret, key, TLS
+//!   identity), `output`, `on_refresh`.
+//! - `mod.rs`: [`Config`], [`Agent`] and the files a config names; it imports none of the
+//!   files above but declares them (`check` builds its types).
 
 mod check;
 mod client;
@@ -24,22 +24,16 @@ mod diagnostic;
 mod fixtures;
 mod url;
 
-use std::env::VarError;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use toml::de::DeTable;
-
-use self::check::Checker;
 pub use self::client::{
     Auth, ClientName, ClientSpec, Endpoint, OnExpiry, OnRefresh, RequestSpec, SecretMethod,
     SecretSource, TlsIdentity, TlsSettings,
 };
 pub use self::diagnostic::{ConfigError, Diagnostic, SHOWN_PROBLEMS};
-use self::diagnostic::{LineIndex, Problems};
 pub(crate) use self::url::{check_url_scheme, display_url};
-use crate::files;
 
 /// Where the config lives when neither `-c` nor `$BEARERD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/bearerd/bearerd.toml";
@@ -57,17 +51,17 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Agent {
     /// Refresh once this fraction of a token's lifetime has passed (0 < x < 1).
-    pub refresh_at: f64,
+    pub(crate) refresh_at: f64,
     pub listen: Option<SocketAddr>,
     pub log_format: LogFormat,
-    pub http_timeout: Duration,
-    pub max_concurrent_requests: usize,
+    pub(crate) http_timeout: Duration,
+    pub(crate) max_concurrent_requests: usize,
     /// Lifetime assumed when a response has neither `expires_in` nor a JWT `exp`.
-    pub default_lifetime: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
+    pub(crate) default_lifetime: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
     /// Where per-client state files go; `None`: beside each client's first output.
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 impl Default for Agent {
@@ -93,62 +87,8 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`, expanding `${VAR}` from the process environment.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = files::read_text(path, files::Kind::Config).map_err(|error| ConfigError {
-            path: path.to_owned(),
-            diagnostics: vec![Diagnostic {
-                location: None,
-                key: String::new(),
-                message: error.without_path(),
-            }],
-            more: 0,
-        })?;
-        Self::parse(path, &text, &|name| std::env::var(name))
-    }
-
-    /// Validates `text` as the content of `path`. Relative paths in it are taken relative to
-    /// the directory of `path`. Files it names (secrets, templates) are read to validate them.
-    /// `env` answers as [`std::env::var`] does, so that a variable that is set but not UTF-8
-    /// is told apart from one that is not set.
-    pub fn parse(
-        path: &Path,
-        text: &str,
-        env: &dyn Fn(&str) -> Result<String, VarError>,
-    ) -> Result<Config, ConfigError> {
-        let mut checker = Checker {
-            lines: LineIndex::new(text),
-            base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-            env,
-            diagnostics: Problems::default(),
-        };
-        let config = match DeTable::parse(text) {
-            Ok(root) => checker.config(path, root.get_ref()),
-            Err(error) => {
-                let location = error.span().map(|span| checker.lines.location(span.start));
-                checker.diagnostics.push(Diagnostic {
-                    location,
-                    key: String::new(),
-                    message: format!("invalid TOML: {}", error.message().trim_end()),
-                });
-                None
-            }
-        };
-        match config {
-            Some(config) if checker.diagnostics.is_empty() => Ok(config),
-            _ => {
-                let more = checker.diagnostics.len() - checker.diagnostics.kept.len();
-                Err(ConfigError {
-                    path: path.to_owned(),
-                    diagnostics: checker.diagnostics.kept,
-                    more,
-                })
-            }
-        }
-    }
-
     /// The files that hold credentials: the config itself, secret files and private keys.
-    pub fn credential_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn credential_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         for client in &self.clients {
             match &client.request.auth {

@@ -1,8 +1,8 @@
 //! How a client proves who it is: the [`Credentials`] of one request (the configured method, or
 //! the first the discovery document lists that bearerd supports), with the credential files
-//! read at use so that a rotated secret or key needs no reload; the Basic header; the forms in
-//! which a server may echo a secret, for redaction. It sends nothing and signs nothing (`jwt`
-//! signs the assertion).
+//! read at use so that a rotated secret or key needs no reload; the credential's bytes that key
+//! a state file's fingerprint; the Basic header; the forms in which a server may echo a secret,
+//! for redaction. It sends nothing and signs nothing (`jwt` signs the assertion).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -13,6 +13,7 @@ use url::form_urlencoded;
 
 use super::error::FetchError;
 use crate::config::{Auth, RequestSpec, SecretMethod};
+use crate::files;
 use crate::secret::Secret;
 
 /// How the client authenticates, with the credential itself.
@@ -61,10 +62,10 @@ impl Credentials {
                 key_id,
                 assertion_audience,
             } => {
-                let key_pem = crate::files::read_text(key_file, crate::files::Kind::PrivateKey)
+                let key_pem = files::read_text(key_file, files::Kind::PrivateKey)
                     .map_err(|error| FetchError::transient(error.to_string()))?;
                 Ok(Credentials::PrivateKeyJwt {
-                    key_pem: crate::secret::Secret::new(key_pem),
+                    key_pem: Secret::new(key_pem),
                     key_id: key_id.clone(),
                     assertion_audience: assertion_audience
                         .clone()
@@ -74,6 +75,42 @@ impl Credentials {
             Auth::TlsClientAuth => Ok(Credentials::TlsClientAuth),
         }
     }
+}
+
+/// What the client proves itself with, read now, as the key of its state file's fingerprint:
+/// its secret or private key, and its TLS client key when it has one (`None` if it has neither).
+/// Each part is labelled and length-prefixed, so no two different credentials give the same
+/// bytes. The files are read as the request reads them, so a credential the request can use
+/// is one the fingerprint can use.
+pub(crate) fn fingerprint_key(spec: &RequestSpec) -> Result<Option<Vec<u8>>, String> {
+    let mut parts: Vec<(&str, Vec<u8>)> = Vec::new();
+    match &spec.auth {
+        Auth::Secret { secret, .. } => {
+            parts.push(("secret", secret.current()?.expose().as_bytes().to_vec()));
+        }
+        Auth::PrivateKeyJwt { key_file, .. } => {
+            let key = files::read(key_file, files::Kind::PrivateKey)
+                .map_err(|error| error.to_string())?;
+            parts.push(("private_key", key));
+        }
+        Auth::TlsClientAuth => {}
+    }
+    if let Some(identity) = &spec.tls.identity {
+        let key = files::read(&identity.key_file, files::Kind::TlsKey)
+            .map_err(|error| error.to_string())?;
+        parts.push(("tls_client_key", key));
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let mut key = Vec::new();
+    for (label, bytes) in parts {
+        for field in [label.as_bytes(), &bytes] {
+            key.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            key.extend_from_slice(field);
+        }
+    }
+    Ok(Some(key))
 }
 
 /// The first secret-based method the discovery document lists that we support.

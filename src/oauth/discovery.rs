@@ -16,12 +16,12 @@ use crate::config::display_url;
 /// What an OIDC discovery document says about the token endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Discovery {
-    pub token_endpoint: Url,
+    pub(super) token_endpoint: Url,
     /// `token_endpoint_auth_methods_supported`; when absent, `["client_secret_basic"]` (OIDC
     /// Discovery §3).
-    pub auth_methods: Vec<String>,
+    pub(super) auth_methods: Vec<String>,
     /// `mtls_endpoint_aliases.token_endpoint` (RFC 8705 §5).
-    pub mtls_token_endpoint: Option<Url>,
+    pub(super) mtls_token_endpoint: Option<Url>,
 }
 
 /// `{issuer without one trailing slash}/.well-known/openid-configuration`.

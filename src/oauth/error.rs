@@ -28,7 +28,7 @@ pub enum FetchError {
 
 impl FetchError {
     /// A transient failure without `Retry-After`.
-    pub fn transient(message: impl Into<String>) -> Self {
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
         Self::Transient {
             message: message.into(),
             retry_after: None,
@@ -37,19 +37,19 @@ impl FetchError {
     }
 
     /// A permanent failure.
-    pub fn permanent(message: impl Into<String>) -> Self {
+    pub(crate) fn permanent(message: impl Into<String>) -> Self {
         Self::Permanent {
             message: message.into(),
             endpoint_unreachable: false,
         }
     }
 
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, Self::Permanent { .. })
     }
 
     /// The server's `Retry-After`, for a transient failure that carried one.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
             Self::Permanent { .. } => None,
@@ -57,7 +57,7 @@ impl FetchError {
     }
 
     /// A connection error or a 404: the caller should fetch the discovery document again.
-    pub fn endpoint_unreachable(&self) -> bool {
+    pub(crate) fn endpoint_unreachable(&self) -> bool {
         match self {
             Self::Transient {
                 endpoint_unreachable,

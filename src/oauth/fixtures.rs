@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::TlsSettings;
 
-use super::http::http_client;
+use super::http::{Roots, http_client};
 
 pub(super) const RSA_PKCS8: &str = "\
 -----BEGIN PRIVATE KEY-----\n\
@@ -102,5 +102,10 @@ pub(super) fn now() -> SystemTime {
 }
 
 pub(super) fn http() -> reqwest::Client {
-    http_client(Duration::from_secs(5), &TlsSettings::default(), true).expect("http client")
+    http_client(
+        Duration::from_secs(5),
+        &TlsSettings::default(),
+        Roots::System,
+    )
+    .expect("http client")
 }

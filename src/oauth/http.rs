@@ -1,5 +1,5 @@
 //! The `reqwest` client and what it says: the client for one set of TLS settings (`ca_file`,
-//! the client identity, a proxy, the system's roots), [`HttpClients`] that shares one per
+//! the client identity, a proxy, the system's roots), `HttpClients` that shares one per
 //! distinct setting, a response read under its size cap, and reqwest and rustls errors turned
 //! into messages a person can act on. It never retries or follows a redirect (reqwest's own
 //! retries and redirects are off) and never looks inside a response body.
@@ -25,12 +25,21 @@ pub(super) const USER_AGENT: &str = concat!("bearerd/", env!("CARGO_PKG_VERSION"
 /// Responses larger than this are not read further (a token response is a few KiB at most).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Which root certificates an HTTP client trusts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Roots {
+    /// The system's root store, and `ca_file`'s certificates if there is one.
+    System,
+    /// Only `ca_file`'s: for a plain-`http` token URL, which never does TLS, so the system's
+    /// store is not parsed.
+    CaFileOnly,
+}
+
 /// The HTTP clients of one `[agent]`: one per distinct TLS setting (and need of the system's
 /// roots), so connection pools and root stores are shared between the clients that use it.
 pub(crate) struct HttpClients {
     timeout: Duration,
-    /// Keyed by the TLS settings and whether the system's roots are needed.
-    cached: Mutex<HashMap<(TlsSettings, bool), reqwest::Client>>,
+    cached: Mutex<HashMap<(TlsSettings, Roots), reqwest::Client>>,
 }
 
 impl HttpClients {
@@ -59,7 +68,10 @@ impl HttpClients {
         endpoint: &Endpoint,
         tls: &TlsSettings,
     ) -> Result<reqwest::Client, String> {
-        let roots = !matches!(endpoint, Endpoint::TokenUrl(url) if url.scheme() == "http");
+        let roots = match endpoint {
+            Endpoint::TokenUrl(url) if url.scheme() == "http" => Roots::CaFileOnly,
+            _ => Roots::System,
+        };
         let key = (tls.clone(), roots);
         let mut clients = self
             .cached
@@ -74,8 +86,8 @@ impl HttpClients {
     }
 }
 
-/// The HTTP client for one set of TLS settings, optionally without the system's root store.
-/// Share it (through [`HttpClients`]): it holds the connection pool, and parsing the system's
+/// The HTTP client for one set of TLS settings, trusting `roots`.
+/// Share it (through `HttpClients`): it holds the connection pool, and parsing the system's
 /// roots is most of a one-client `run --once` (about 5 ms of 13, BENCHMARKS.md); a client whose
 /// token endpoint is plain `http` never does TLS, so it skips them.
 ///
@@ -83,7 +95,7 @@ impl HttpClients {
 pub fn http_client(
     timeout: Duration,
     tls: &TlsSettings,
-    system_roots: bool,
+    roots: Roots,
 ) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
@@ -92,7 +104,7 @@ pub fn http_client(
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())
         .user_agent(USER_AGENT)
-        .tls_built_in_native_certs(system_roots);
+        .tls_built_in_native_certs(roots == Roots::System);
     if let Some(path) = &tls.ca_file {
         let pem = files::read(path, files::Kind::CaFile).map_err(|error| error.to_string())?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
@@ -463,7 +475,12 @@ mod tests {
                 proxy: None,
             }
         };
-        http_client(timeout, &tls(Some(&bundle), Some((&cert, &key))), true).expect("client");
+        http_client(
+            timeout,
+            &tls(Some(&bundle), Some((&cert, &key))),
+            Roots::System,
+        )
+        .expect("client");
         for (settings, path) in [
             (tls(Some(&missing), None), &missing),
             (tls(Some(&junk), None), &junk),
@@ -471,14 +488,14 @@ mod tests {
             (tls(None, Some((&cert, &junk))), &junk),
             (tls(None, Some((&cert, &missing))), &missing),
         ] {
-            let message = http_client(timeout, &settings, true).expect_err("refused");
+            let message = http_client(timeout, &settings, Roots::System).expect_err("refused");
             assert!(message.contains(&path.display().to_string()), "{message}");
         }
         let proxied = TlsSettings {
             proxy: Some(Url::parse("http://user:pw@proxy.example:3128").expect("url")),
             ..TlsSettings::default()
         };
-        http_client(timeout, &proxied, true).expect("client with proxy");
+        http_client(timeout, &proxied, Roots::System).expect("client with proxy");
     }
 
     #[test]

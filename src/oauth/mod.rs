@@ -28,8 +28,9 @@ mod request;
 mod response;
 mod session;
 
+pub(crate) use self::credentials::fingerprint_key;
 pub use self::error::FetchError;
 pub(crate) use self::http::HttpClients;
-pub use self::http::http_client;
+pub use self::http::{Roots, http_client};
 pub use self::response::{MAX_LIFETIME, MIN_LIFETIME, parse_response};
 pub(crate) use self::session::Session;

@@ -22,13 +22,13 @@ use crate::token::Token;
 /// One token request, described.
 #[derive(Clone, Debug)]
 pub(super) struct TokenRequest<'a> {
-    pub token_url: &'a Url,
-    pub client_id: &'a str,
-    pub credentials: Credentials,
-    pub audience: Option<&'a str>,
-    pub scope: Option<&'a str>,
+    pub(super) token_url: &'a Url,
+    pub(super) client_id: &'a str,
+    pub(super) credentials: Credentials,
+    pub(super) audience: Option<&'a str>,
+    pub(super) scope: Option<&'a str>,
     /// Sent after the standard parameters, in key order.
-    pub extra_params: &'a BTreeMap<String, String>,
+    pub(super) extra_params: &'a BTreeMap<String, String>,
 }
 
 /// Makes one client-credentials request. `now` stamps the token and the client assertion and
@@ -168,7 +168,7 @@ mod tests {
     use crate::oauth::fixtures::{
         DEFAULT, EC_CERT, EC_P384_PKCS8, EC_SEC1, RSA_PKCS1, RSA_PKCS8, http, now,
     };
-    use crate::oauth::http::{USER_AGENT, http_client};
+    use crate::oauth::http::{Roots, USER_AGENT, http_client};
     use crate::oauth::jwt::sec1_to_pkcs8;
     use crate::oauth::response::jwt_expiry;
     use crate::secret::Secret;
@@ -536,8 +536,12 @@ mod tests {
         })
         .await
         .expect("idp");
-        let http =
-            http_client(Duration::from_millis(500), &TlsSettings::default(), true).expect("http");
+        let http = http_client(
+            Duration::from_millis(500),
+            &TlsSettings::default(),
+            Roots::System,
+        )
+        .expect("http");
         let cases = [
             (
                 Fault::Status {

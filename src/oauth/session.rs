@@ -4,7 +4,6 @@
 //! makes one request per call and never retries or sleeps: the worker holds the place in flight
 //! and owns the retry loop.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::credentials::Credentials;
@@ -13,39 +12,37 @@ use super::error::FetchError;
 use super::http::HttpClients;
 use super::request::{TokenRequest, request_token};
 use crate::clock::Clock;
-use crate::config::{Auth, ClientSpec, Endpoint, RequestSpec};
+use crate::config::{Auth, Endpoint, RequestSpec};
 use crate::token::Token;
 
 /// A client's connection to its authorization server: the discovered endpoint is cached
-/// and dropped when the endpoint stops answering.
+/// and dropped when the endpoint stops answering. One session serves one client's settings.
+#[derive(Default)]
 pub(crate) struct Session {
-    spec: Arc<ClientSpec>,
     discovery: Option<Discovery>,
 }
 
 impl Session {
-    pub(crate) fn new(spec: Arc<ClientSpec>) -> Self {
-        Self {
-            spec,
-            discovery: None,
-        }
+    /// A session that has discovered nothing yet.
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
 
-    /// One token request (after discovery, when the client uses an issuer), over the HTTP
-    /// client `http_clients` holds for this client's TLS settings. `clock` is read once, when
-    /// the request is built: it stamps the token and the client assertion. `default_lifetime`
-    /// applies when the response says nothing about expiry.
+    /// One token request for `spec` (after discovery, when it names an issuer), over the HTTP
+    /// client `http_clients` holds for its TLS settings. `spec` is the same at every call: the
+    /// discovery document cached is its issuer's. `clock` is read once, when the request is
+    /// built: it stamps the token and the client assertion. `default_lifetime` applies when the
+    /// response says nothing about expiry.
     pub(crate) async fn fetch(
         &mut self,
+        spec: &RequestSpec,
         http_clients: &HttpClients,
         clock: &Clock,
         default_lifetime: Duration,
     ) -> Result<Token, FetchError> {
         let http = http_clients
-            .for_endpoint(&self.spec.request.endpoint, &self.spec.request.tls)
+            .for_endpoint(&spec.endpoint, &spec.tls)
             .map_err(FetchError::permanent)?;
-        let client = Arc::clone(&self.spec);
-        let spec = &client.request;
         let (token_url, discovered_methods) = match &spec.endpoint {
             Endpoint::TokenUrl(url) => (url.clone(), None),
             Endpoint::Issuer(issuer) => {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// A failed file operation: what was being done, to which path, and the OS's reason.
 /// It never contains file contents.
 #[derive(Debug)]
-pub struct WriteError {
+pub(crate) struct WriteError {
     action: &'static str,
     path: PathBuf,
     error: io::Error,
@@ -27,15 +27,6 @@ impl WriteError {
             path: path.to_owned(),
             error,
         }
-    }
-
-    /// The path the message names (the output, or the directory being created or synced).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn io_error(&self) -> &io::Error {
-        &self.error
     }
 }
 
@@ -54,15 +45,15 @@ impl fmt::Display for WriteError {
 impl std::error::Error for WriteError {}
 
 /// What marks a temporary file as ours: `.<file name>` + this + 16 lower-case hex digits.
-pub const TEMP_MARKER: &str = ".bearerd-tmp-";
+const TEMP_MARKER: &str = ".bearerd-tmp-";
 
 const TEMP_SUFFIX_LEN: usize = 16;
 
 /// How many bytes longer a temporary file's name is than the name of the file it replaces.
-pub const TEMP_NAME_EXTRA: usize = 1 + TEMP_MARKER.len() + TEMP_SUFFIX_LEN;
+pub(crate) const TEMP_NAME_EXTRA: usize = 1 + TEMP_MARKER.len() + TEMP_SUFFIX_LEN;
 
 /// Whether `name` (a file name, not a path) is one of our temporary files.
-pub fn is_temp_file_name(name: &OsStr) -> bool {
+fn is_temp_file_name(name: &OsStr) -> bool {
     let name = name.as_bytes();
     let marker = TEMP_MARKER.as_bytes();
     let Some(stem_and_marker) = name.len().checked_sub(TEMP_SUFFIX_LEN) else {
@@ -111,13 +102,13 @@ fn split_path(path: &Path) -> Result<(&Path, &OsStr), WriteError> {
 /// survive a crash). A symlink at `path` is replaced, not followed.
 ///
 /// Blocking; run it where cancellation cannot interrupt it (e.g. `spawn_blocking`).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
     write_atomic_as(path, bytes, mode, Durability::Durable)
 }
 
 /// Whether a write must survive a power loss, or only be atomic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
+pub(crate) enum Durability {
     /// fsync the file before the rename and the directory after it: token files.
     Durable,
     /// No fsync: still atomic (readers and a SIGKILL see old or new bytes), but a power loss
@@ -127,7 +118,7 @@ pub enum Durability {
 }
 
 /// [`write_atomic`], with the durability chosen by the caller.
-pub fn write_atomic_as(
+pub(crate) fn write_atomic_as(
     path: &Path,
     bytes: &[u8],
     mode: u32,
@@ -184,8 +175,8 @@ fn fill_and_rename(
 /// [`write_atomic`] unless `path` is already a regular file holding exactly `bytes` with
 /// permission bits exactly `mode`, so that watchers of an unchanged output stay quiet.
 /// Returns whether the file was written.
-pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, WriteError> {
-    if holds(path, bytes, mode) {
+pub(crate) fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, WriteError> {
+    if unchanged(path, bytes, mode) {
         return Ok(false);
     }
     write_atomic(path, bytes, mode)?;
@@ -194,7 +185,7 @@ pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, Wr
 
 /// Whether `path` is a regular file (not a symlink) with exactly `bytes` and `mode`. Any
 /// error reading it counts as "no": writing will then either succeed or say why not.
-fn holds(path: &Path, bytes: &[u8], mode: u32) -> bool {
+fn unchanged(path: &Path, bytes: &[u8], mode: u32) -> bool {
     let Ok(metadata) = fs::symlink_metadata(path) else {
         return false;
     };
@@ -213,7 +204,7 @@ fn holds(path: &Path, bytes: &[u8], mode: u32) -> bool {
 /// Removes our temporary files (by [`is_temp_file_name`]) left in `dir` by a crash, and
 /// returns their paths. A missing `dir` is not an error. Call it before writes to `dir` start:
 /// it cannot tell a crash's leftovers from a write in progress.
-pub fn sweep_stale_temps(dir: &Path) -> Result<Vec<PathBuf>, WriteError> {
+pub(crate) fn sweep_stale_temps(dir: &Path) -> Result<Vec<PathBuf>, WriteError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -239,7 +230,7 @@ pub fn sweep_stale_temps(dir: &Path) -> Result<Vec<PathBuf>, WriteError> {
 }
 
 /// Removes an output (`on_expiry = "remove"`); one that is already gone is fine.
-pub fn remove_output(path: &Path) -> Result<(), WriteError> {
+pub(crate) fn remove_output(path: &Path) -> Result<(), WriteError> {
     match fs::remove_file(path) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => {
             Err(WriteError::new("remove", path, error))

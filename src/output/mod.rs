@@ -12,20 +12,21 @@ use serde::Serialize;
 
 use crate::token::Token;
 
-pub use self::atomic::{
-    Durability, TEMP_MARKER, TEMP_NAME_EXTRA, WriteError, is_temp_file_name, remove_output,
-    sweep_stale_temps, write_atomic, write_atomic_as, write_if_changed,
+pub(crate) use self::atomic::{
+    Durability, TEMP_NAME_EXTRA, remove_output, sweep_stale_temps, write_atomic_as,
+    write_if_changed,
 };
+pub use self::template::Template;
+pub(crate) use self::template::rfc3339;
 use self::template::unix_seconds;
-pub use self::template::{PLACEHOLDERS, Template, rfc3339};
 
 /// One `[[clients.NAME.output]]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputSpec {
     pub path: PathBuf,
-    pub format: Format,
+    pub(crate) format: Format,
     /// Permission bits of the file, exactly (the umask does not apply).
-    pub mode: u32,
+    pub(crate) mode: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -39,7 +40,7 @@ pub enum Format {
 
 impl Format {
     /// The name used in the config's `format = "…"`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Token => "token",
             Self::Env { .. } => "env",
@@ -128,6 +129,7 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use super::atomic::write_atomic;
     use super::template::LATEST_FORMATTABLE;
 
     /// 2026-11-29T03:15:50Z.

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::token::Token;
 
 /// The names a template may use, in the order the docs list them.
-pub const PLACEHOLDERS: [&str; 6] = [
+const PLACEHOLDERS: [&str; 6] = [
     "access_token",
     "token_type",
     "expires_at",
@@ -21,7 +21,7 @@ pub const PLACEHOLDERS: [&str; 6] = [
 /// A parsed `template`: literal text and placeholders.
 ///
 /// Placeholders are `{{ NAME }}` or `{{ NAME | json }}`, with optional whitespace inside the
-/// braces; NAME is one of [`PLACEHOLDERS`]:
+/// braces; NAME is one of `PLACEHOLDERS`:
 /// - `access_token`, `token_type`, `client`: as they are;
 /// - `expires_at`: RFC 3339 in UTC to the second (`2026-11-29T03:15:50Z`);
 /// - `expires_at_unix`: Unix seconds;
@@ -112,14 +112,6 @@ impl Template {
         Ok(Self { parts })
     }
 
-    /// The placeholder names the template uses, in order of appearance (repeats included).
-    pub fn placeholders(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.parts.iter().filter_map(|part| match part {
-            Part::Placeholder { field, .. } => Some(field.name()),
-            Part::Literal(_) => None,
-        })
-    }
-
     /// The text with every placeholder replaced by its value for `token` and `client`.
     pub(super) fn render(&self, token: &Token, client: &str) -> String {
         let values = Values { token, client };
@@ -202,7 +194,7 @@ pub(super) fn unix_seconds(time: SystemTime) -> u64 {
 }
 
 /// RFC 3339 in UTC to the second, clamped as [`unix_seconds`] is.
-pub fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds(time)))
         .to_string()
 }
@@ -293,10 +285,15 @@ mod tests {
     fn template_lists_its_placeholders() {
         let parsed =
             Template::parse("{{ client }} {{ access_token | json }} {{ client }}").expect("valid");
-        assert_eq!(
-            parsed.placeholders().collect::<Vec<_>>(),
-            ["client", "access_token", "client"]
-        );
+        let placeholders: Vec<&str> = parsed
+            .parts
+            .iter()
+            .filter_map(|part| match part {
+                Part::Placeholder { field, .. } => Some(field.name()),
+                Part::Literal(_) => None,
+            })
+            .collect();
+        assert_eq!(placeholders, ["client", "access_token", "client"]);
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl Checker<'_> {
                 ),
             }
         }
-        if let Some(value) = self.duration(table, "agent", "http_timeout", true) {
+        if let Some(value) = self.duration(table, "agent", "http_timeout") {
             agent.http_timeout = value;
         }
         if let Some((value, span)) = self.integer(table, "agent", "max_concurrent_requests") {
@@ -72,13 +72,13 @@ impl Checker<'_> {
                 ),
             }
         }
-        if let Some(value) = self.duration(table, "agent", "default_lifetime", true) {
+        if let Some(value) = self.duration(table, "agent", "default_lifetime") {
             agent.default_lifetime = value;
         }
-        if let Some(value) = self.duration(table, "agent", "backoff_min", true) {
+        if let Some(value) = self.duration(table, "agent", "backoff_min") {
             agent.backoff_min = value;
         }
-        if let Some(value) = self.duration(table, "agent", "backoff_max", true) {
+        if let Some(value) = self.duration(table, "agent", "backoff_max") {
             agent.backoff_max = value;
         }
         if agent.backoff_min > agent.backoff_max {

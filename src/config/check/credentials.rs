@@ -10,6 +10,14 @@ use crate::config::{Auth, SecretMethod, SecretSource, TlsIdentity};
 use crate::files;
 use crate::secret::Secret;
 
+/// `auth_method`, as configured.
+#[derive(Clone, Copy, PartialEq)]
+enum AuthMethod {
+    Secret(SecretMethod),
+    PrivateKeyJwt,
+    TlsClientAuth,
+}
+
 impl Checker<'_> {
     pub(super) fn auth(
         &mut self,
@@ -28,14 +36,14 @@ impl Checker<'_> {
         let method_key = format!("{prefix}.auth_method");
         let method_span = method.as_ref().map_or(span.clone(), |(_, s)| s.clone());
 
-        let wanted = match &method {
+        let configured_method = match &method {
             None => None,
             Some((text, span)) => match text.as_str() {
-                "client_secret_basic" => Some("basic"),
-                "client_secret_post" => Some("post"),
-                "client_secret_json" => Some("json"),
-                "private_key_jwt" => Some("private_key_jwt"),
-                "tls_client_auth" => Some("tls_client_auth"),
+                "client_secret_basic" => Some(AuthMethod::Secret(SecretMethod::Basic)),
+                "client_secret_post" => Some(AuthMethod::Secret(SecretMethod::Post)),
+                "client_secret_json" => Some(AuthMethod::Secret(SecretMethod::Json)),
+                "private_key_jwt" => Some(AuthMethod::PrivateKeyJwt),
+                "tls_client_auth" => Some(AuthMethod::TlsClientAuth),
                 _ => {
                     self.error(
                         span,
@@ -49,9 +57,9 @@ impl Checker<'_> {
                 }
             },
         };
-        let uses_secret = match wanted {
-            Some("private_key_jwt") | Some("tls_client_auth") => false,
-            Some(_) => true,
+        let uses_secret = match configured_method {
+            Some(AuthMethod::PrivateKeyJwt | AuthMethod::TlsClientAuth) => false,
+            Some(AuthMethod::Secret(_)) => true,
             None => key_file.is_none() && !table.contains_key("private_key_file"),
         };
         if !uses_secret {
@@ -62,7 +70,10 @@ impl Checker<'_> {
                         &format!("{prefix}.{unused}"),
                         format!(
                             "not used with auth_method = \"{}\"; remove it",
-                            wanted.unwrap_or("private_key_jwt")
+                            match configured_method {
+                                Some(AuthMethod::TlsClientAuth) => "tls_client_auth",
+                                _ => "private_key_jwt",
+                            }
                         ),
                     );
                 }
@@ -74,8 +85,8 @@ impl Checker<'_> {
                 "only used with auth_method = \"private_key_jwt\"",
             );
         }
-        if wanted != Some("private_key_jwt")
-            && (wanted.is_some() || uses_secret)
+        if configured_method != Some(AuthMethod::PrivateKeyJwt)
+            && (configured_method.is_some() || uses_secret)
             && let Some(span) = key_span(table, "assertion_audience")
         {
             self.error(
@@ -84,7 +95,7 @@ impl Checker<'_> {
                 "only used with auth_method = \"private_key_jwt\"",
             );
         }
-        if wanted == Some("tls_client_auth") {
+        if configured_method == Some(AuthMethod::TlsClientAuth) {
             return Some(Auth::TlsClientAuth);
         }
         if !uses_secret {
@@ -146,10 +157,10 @@ impl Checker<'_> {
                 None
             }
         };
-        let method = match wanted {
-            Some("post") => Some(SecretMethod::Post),
-            Some("json") => Some(SecretMethod::Json),
-            Some(_) => Some(SecretMethod::Basic),
+        let method = match configured_method {
+            Some(AuthMethod::Secret(method)) => Some(method),
+            // Returned above: neither uses a secret.
+            Some(AuthMethod::PrivateKeyJwt | AuthMethod::TlsClientAuth) => None,
             None if with_issuer => None,
             None => Some(SecretMethod::Basic),
         };

@@ -1,7 +1,7 @@
 //! The validator: the spanned TOML tree → [`Config`], every problem reported with its place,
-//! one section per file (this one: the whole file, the typed getters, `${VAR}` expansion and
-//! paths). It reads the files a config names, to check them, and nothing else: no network,
-//! no clock.
+//! one section per file (this one: [`Config::load`] and [`Config::parse`], the whole file, the
+//! typed getters, `${VAR}` expansion and paths). It reads the files a config names, to check
+//! them, and nothing else: no network, no clock.
 
 mod agent;
 mod client;
@@ -18,7 +18,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 use url::Url;
 
-use super::diagnostic::{Diagnostic, LineIndex, Problems};
+use super::diagnostic::{ConfigError, Diagnostic, LineIndex, Problems};
 use super::url::check_url_scheme;
 use super::{Agent, ClientName, Config};
 use crate::files;
@@ -26,11 +26,67 @@ use crate::files;
 type Span = Range<usize>;
 type Value<'i> = Spanned<DeValue<'i>>;
 
-pub(super) struct Checker<'a> {
-    pub(super) lines: LineIndex<'a>,
-    pub(super) base_dir: PathBuf,
-    pub(super) env: &'a dyn Fn(&str) -> Result<String, VarError>,
-    pub(super) diagnostics: Problems,
+impl Config {
+    /// Reads and validates the file at `path`, expanding `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = files::read_text(path, files::Kind::Config).map_err(|error| ConfigError {
+            path: path.to_owned(),
+            diagnostics: vec![Diagnostic {
+                location: None,
+                key: String::new(),
+                message: error.without_path(),
+            }],
+            more: 0,
+        })?;
+        Self::parse(path, &text, &|name| std::env::var(name))
+    }
+
+    /// Validates `text` as the content of `path`. Relative paths in it are taken relative to
+    /// the directory of `path`. Files it names (secrets, templates) are read to validate them.
+    /// `env` answers as [`std::env::var`] does, so that a variable that is set but not UTF-8
+    /// is told apart from one that is not set.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Result<String, VarError>,
+    ) -> Result<Config, ConfigError> {
+        let mut checker = Checker {
+            lines: LineIndex::new(text),
+            base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            env,
+            diagnostics: Problems::default(),
+        };
+        let config = match DeTable::parse(text) {
+            Ok(root) => checker.config(path, root.get_ref()),
+            Err(error) => {
+                let location = error.span().map(|span| checker.lines.location(span.start));
+                checker.diagnostics.push(Diagnostic {
+                    location,
+                    key: String::new(),
+                    message: format!("invalid TOML: {}", error.message().trim_end()),
+                });
+                None
+            }
+        };
+        match config {
+            Some(config) if checker.diagnostics.is_empty() => Ok(config),
+            _ => {
+                let more = checker.diagnostics.len() - checker.diagnostics.kept.len();
+                Err(ConfigError {
+                    path: path.to_owned(),
+                    diagnostics: checker.diagnostics.kept,
+                    more,
+                })
+            }
+        }
+    }
+}
+
+struct Checker<'a> {
+    lines: LineIndex<'a>,
+    base_dir: PathBuf,
+    env: &'a dyn Fn(&str) -> Result<String, VarError>,
+    diagnostics: Problems,
 }
 
 impl Checker<'_> {
@@ -260,13 +316,8 @@ impl Checker<'_> {
         }
     }
 
-    fn duration(
-        &mut self,
-        table: &DeTable<'_>,
-        prefix: &str,
-        key: &str,
-        positive: bool,
-    ) -> Option<Duration> {
+    /// A duration string ("10s", "5m"); no duration bearerd reads may be zero.
+    fn duration(&mut self, table: &DeTable<'_>, prefix: &str, key: &str) -> Option<Duration> {
         let value = table.get(key)?;
         let full = format!("{prefix}.{key}");
         let DeValue::String(text) = value.get_ref() else {
@@ -282,7 +333,7 @@ impl Checker<'_> {
         };
         let text = self.expand(text, &value.span(), &full)?;
         match humantime::parse_duration(&text) {
-            Ok(duration) if positive && duration.is_zero() => {
+            Ok(duration) if duration.is_zero() => {
                 self.error(
                     &value.span(),
                     &full,

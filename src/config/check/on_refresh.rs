@@ -31,7 +31,7 @@ impl Checker<'_> {
         self.unknown_keys(table, prefix, ON_REFRESH_KEYS);
         let errors_before = self.diagnostics.len();
         let timeout = self
-            .duration(table, prefix, "timeout", true)
+            .duration(table, prefix, "timeout")
             .unwrap_or(Duration::from_secs(30));
         let command = self.string_array(table, prefix, "command");
         let signal = self.string(table, prefix, "signal");

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bearerd::config::{Config, TlsIdentity, TlsSettings};
+use bearerd::oauth::Roots;
 use bearerd_idp::IdpSettings;
 
 use crate::harness::{BEARERD, Daemon, Harness, TestIdp, text, wait_until};
@@ -347,7 +348,7 @@ fn tls_files_are_read_bounded_when_the_http_client_is_built() {
     ];
     for (tls, expected) in cases {
         let built = rescued(&fifo, move || {
-            bearerd::oauth::http_client(Duration::from_secs(5), &tls, false).map(|_| ())
+            bearerd::oauth::http_client(Duration::from_secs(5), &tls, Roots::CaFileOnly).map(|_| ())
         });
         assert_eq!(built, Err(expected));
     }
