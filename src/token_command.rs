@@ -120,6 +120,9 @@ async fn cached_token(
 ) -> Result<Token, TokenError> {
     let failed = |message: String| TokenError::Failed(format!("client {}: {message}", client.name));
     let path = state::path(&config.agent, client);
+    // Another user's lock or state file would lock the daemon's user out of `--cached` for
+    // good (it can neither take nor replace it): refuse before anything is created there.
+    state_directory_is_ours(&path).map_err(failed)?;
     if let Some(token) = reusable(&config.agent, &path, client, clock.now()) {
         return Ok(token);
     }
@@ -157,6 +160,37 @@ async fn cached_token(
     }
     drop(lock);
     Ok(token)
+}
+
+/// The directory of the state file at `path` must belong to this user (or not exist yet: it is
+/// then created, 0700, as ours): `--cached` run as root beside a daemon running as `bearerd`
+/// would otherwise leave root-owned lock and state files the daemon's user cannot use.
+fn state_directory_is_ours(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let owner = match rustix::fs::stat(dir) {
+        Ok(stat) => stat.st_uid,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(error) => {
+            return Err(format!(
+                "cannot inspect the state directory {}: {error}",
+                dir.display()
+            ));
+        }
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if owner == me {
+        Ok(())
+    } else {
+        Err(format!(
+            "the state directory {} belongs to uid {owner}, not to this user (uid {me}): run \
+             `bearerd token --cached` as uid {owner} (e.g. `sudo -u bearerd …` under the Debian \
+             package), or use `bearerd token` without --cached",
+            dir.display()
+        ))
+    }
 }
 
 /// The token saved at `path` for `client`, if it is before its refresh point at `now`: the

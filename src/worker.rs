@@ -347,7 +347,10 @@ impl Worker {
                 () = clock.sleep_until(wake) => {}
                 command = commands.recv() => match command {
                     Some(Command::RefreshNow) => progress.refresh_requested(clock),
-                    Some(Command::ClockChanged) => debug!("clock changed; re-checking deadlines"),
+                    Some(Command::ClockChanged) => {
+                        debug!("clock changed; re-checking deadlines");
+                        progress.clock_changed(clock);
+                    }
                     None => {
                         // The supervisor dropped us: a daemon worker only ends by abort,
                         // so keep going on timers alone.
@@ -571,6 +574,23 @@ impl Progress {
         Some(token)
     }
 
+    /// What is left of the quiet second after the last request (monotonic, so a clock step
+    /// does not stretch it).
+    fn quiet_left(&self) -> Duration {
+        self.last_request
+            .map(|ended| REFRESH_NOW_QUIET.saturating_sub(ended.elapsed()))
+            .unwrap_or_default()
+    }
+
+    /// The wall clock stepped: a waiting refresh-now keeps only what is left of its quiet
+    /// second, or a step back would postpone it (and every SIGUSR1 joining it) by the step.
+    fn clock_changed(&mut self, clock: &Clock) {
+        if self.refresh_waiting {
+            let now = clock.now();
+            self.due = now.checked_add(self.quiet_left()).unwrap_or(now);
+        }
+    }
+
     /// A refresh-now: due at once, or when the last request is a second old; requests
     /// meanwhile join that one.
     fn refresh_requested(&mut self, clock: &Clock) {
@@ -578,10 +598,7 @@ impl Progress {
             debug!("refresh requested; joins the one already waiting");
             return;
         }
-        let quiet = self
-            .last_request
-            .map(|ended| REFRESH_NOW_QUIET.saturating_sub(ended.elapsed()))
-            .unwrap_or_default();
+        let quiet = self.quiet_left();
         let now = clock.now();
         let at = now.checked_add(quiet).unwrap_or(now);
         if at >= self.due {
@@ -609,6 +626,33 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
+
+    /// A refresh-now waiting out its quiet second is not postponed by a step of the wall
+    /// clock: after a step back of an hour it is due within the second, as before the step.
+    #[test]
+    fn a_clock_step_back_does_not_postpone_a_waiting_refresh_now() {
+        let clock = Clock::system();
+        let mut progress = Progress::new(clock.now());
+        progress.due = clock.now() + Duration::from_secs(3600);
+        progress.last_request = Some(Instant::now());
+        progress.refresh_requested(&clock);
+        assert!(progress.refresh_waiting);
+        let asked = progress.due;
+        // What a step back of an hour does to a deadline computed before it.
+        progress.due = asked + Duration::from_secs(3600);
+        progress.clock_changed(&clock);
+        let left = progress
+            .due
+            .duration_since(clock.now())
+            .unwrap_or(Duration::ZERO);
+        assert!(
+            left <= REFRESH_NOW_QUIET,
+            "due in {left:?}, not within the quiet second"
+        );
+        // Later requests still join the one waiting.
+        progress.refresh_requested(&clock);
+        assert!(progress.refresh_waiting);
+    }
 
     /// A worker aborted (a reload, SIGTERM) once its token files are being written still saves
     /// the state, so the next start reuses the token instead of fetching one more.
