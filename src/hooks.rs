@@ -234,6 +234,25 @@ fn read_pid_file(path: &Path) -> Result<Vec<u8>, String> {
             path.display()
         ));
     }
+    // Whoever can write the pid file chooses which of our user's processes gets the signal.
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "pid_file {} can be written by group or others (mode {mode:04o}), so anyone could \
+             choose the process; nothing was signalled",
+            path.display()
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me && metadata.uid() != 0 {
+        return Err(format!(
+            "pid_file {} is owned by uid {}, neither bearerd's user nor root; nothing was \
+             signalled",
+            path.display(),
+            metadata.uid()
+        ));
+    }
     let mut bytes = Vec::new();
     file.take(PID_FILE_MAX_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -286,6 +305,33 @@ fn parse_pid(bytes: &[u8], own: u32) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pid file others could write (a `/tmp`-like directory, a careless chmod) is refused:
+    /// its writer would choose which of our processes is signalled.
+    #[test]
+    fn a_pid_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("app.pid");
+        std::fs::File::create(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, b"4242\n"))
+            .expect("write the pid file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(
+            read_pid_file(&path).expect("a pid file only we can write"),
+            b"4242\n"
+        );
+        for mode in [0o666, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let error = read_pid_file(&path).expect_err("refused");
+            assert!(
+                error.contains(&format!(
+                    "can be written by group or others (mode {mode:04o})"
+                )),
+                "{error}"
+            );
+        }
+    }
 
     fn spec_with_command(command: &str) -> Arc<ClientSpec> {
         let text = format!(

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 
-use crate::harness::{BEARERD, Harness, text};
+use crate::harness::{Harness, text};
 
 /// The step, exactly as docs/operating.md and the example's header give it.
 const STEP: &str = r#"sed -e 's/^export //' -e "s/='\(.*\)'$/=\1/" credentials.txt > camunda.env"#;
@@ -69,10 +69,9 @@ fn convert(harness: &Harness) -> BTreeMap<String, String> {
 }
 
 /// `bearerd check` of `config` with exactly `env` as its environment.
-fn check(config: &Path, env: &BTreeMap<String, String>) -> Output {
-    Command::new(BEARERD)
-        .args(["check", "-c"])
-        .arg(config)
+fn check(harness: &Harness, config: &Path, env: &BTreeMap<String, String>) -> Output {
+    harness
+        .command_with_config(config, &["check"])
         .env_clear()
         .envs(env)
         .output()
@@ -100,7 +99,7 @@ fn a_console_download_drives_the_example_with_one_client_per_component() {
         env.get("CAMUNDA_OAUTH_URL").map(String::as_str),
         Some("https://login.cloud.camunda.io/oauth/token")
     );
-    let output = check(&repo("examples/camunda-console.toml"), &env);
+    let output = check(&harness, &repo("examples/camunda-console.toml"), &env);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let report = text(&output.stdout);
     assert!(report.contains("valid, 3 client(s)"), "{report}");
@@ -143,7 +142,7 @@ fn an_older_download_without_camunda_client_names_uses_the_zeebe_ones() {
     let env = convert(&harness);
     let example = repo("examples/camunda-console.toml");
 
-    let output = check(&example, &env);
+    let output = check(&harness, &example, &env);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     let errors = text(&output.stderr);
     assert!(
@@ -156,7 +155,7 @@ fn an_older_download_without_camunda_client_names_uses_the_zeebe_ones() {
         .replace("${CAMUNDA_CLIENT_ID}", "${ZEEBE_CLIENT_ID}")
         .replace("${CAMUNDA_CLIENT_SECRET}", "${ZEEBE_CLIENT_SECRET}");
     let config = harness.write("bearerd.toml", &edited);
-    let output = check(&config, &env);
+    let output = check(&harness, &config, &env);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains(&format!("client_id  {}", env["ZEEBE_CLIENT_ID"])));
 }

@@ -558,25 +558,22 @@ fn write_outputs_writes_each_format_and_leaves_unchanged_files_alone() {
     use std::sync::Arc;
 
     let harness = Harness::new();
-    let path = harness.write(
-        "bearerd.toml",
-        r#"
-[clients.api]
-token_url = "http://127.0.0.1:9/token"
-client_id = "api"
-client_secret = "api-secret"
-
-[[clients.api.output]]
-path = "out/api.header"
-format = "header"
-mode = "0644"
-
-[[clients.api.output]]
-path = "out/api.txt"
-format = "template"
-template = "{{ client }}={{ access_token }}"
-"#,
-    );
+    let api = Client::new("api")
+        .token_url("http://127.0.0.1:9/token")
+        .client_id("api")
+        .secret("api-secret")
+        .output_with(
+            "out/api.header",
+            &["format = \"header\"", "mode = \"0644\""],
+        )
+        .output_with(
+            "out/api.txt",
+            &[
+                "format = \"template\"",
+                r#"template = "{{ client }}={{ access_token }}""#,
+            ],
+        );
+    let path = harness.write_config(&Config::new().client(api));
     let config = bearerd::config::Config::load(&path).expect("config");
     let spec = Arc::new(config.clients[0].clone());
     let token = bearerd::token::Token {

@@ -1,13 +1,14 @@
 //! Shared test plumbing: a scratch directory, the built binary, a config builder, an in-process
-//! token endpoint on its own runtime, child processes whose output is collected, a plain HTTP GET,
-//! and polling with a deadline instead of sleeps.
+//! token endpoint on its own runtime, a tiny HTTPS server, child processes whose output is
+//! collected, a plain HTTP GET, and polling with a deadline instead of sleeps.
 //! It holds no test's expectations: what a test checks stays in the test.
 
 mod config;
 pub mod pki;
+mod tls_server;
 
 use std::io::{BufRead as _, Read, Write as _};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use bearerd_idp::{Idp, IdpSettings};
 
 pub use config::{Client, Config};
+pub use tls_server::TlsServer;
 
 /// The `bearerd` binary cargo built for these tests.
 pub const BEARERD: &str = env!("CARGO_BIN_EXE_bearerd");
@@ -63,7 +65,17 @@ impl Harness {
 
     /// `bearerd ARGS -c CONFIG`.
     pub fn command_with_config(&self, config: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new(BEARERD);
+        Self::bearerd(Command::new(BEARERD), config, args)
+    }
+
+    /// `RUNNER… bearerd ARGS -c CONFIG`: bearerd started by another program, e.g. `prlimit
+    /// --nofile=256:256 --` or `setpriv … --`, given with its arguments, in the same environment.
+    pub fn command_under(mut runner: Command, config: &Path, args: &[&str]) -> Command {
+        runner.arg(BEARERD);
+        Self::bearerd(runner, config, args)
+    }
+
+    fn bearerd(mut command: Command, config: &Path, args: &[&str]) -> Command {
         command
             .args(args)
             .arg("-c")
@@ -384,22 +396,37 @@ pub struct Response {
 
 /// `GET PATH` over HTTP/1.1 to `address` (`host:port`), read to the end.
 pub fn http_get(address: &str, path: &str) -> Response {
-    let mut stream = TcpStream::connect(address).expect("connect");
+    try_http_get(address, path, Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("GET {path} from {address}: {error}"))
+}
+
+/// [`http_get`], or why there was no response: connecting and each read bounded by `timeout`.
+pub fn try_http_get(address: &str, path: &str, timeout: Duration) -> Result<Response, String> {
+    let socket: SocketAddr = address
+        .parse()
+        .map_err(|error| format!("address {address:?}: {error}"))?;
+    let mut stream = TcpStream::connect_timeout(&socket, timeout)
+        .map_err(|error| format!("connect: {error}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     )
-    .expect("request");
+    .map_err(|error| format!("write: {error}"))?;
     let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
+    stream
+        .read_to_string(&mut text)
+        .map_err(|error| format!("read: {error}"))?;
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .expect("status line");
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
-    Response { status, body, text }
+    Ok(Response { status, body, text })
 }

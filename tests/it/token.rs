@@ -3,24 +3,18 @@
 //! `ExecCredential` that the real `kubectl` authenticates with against a loopback HTTPS server.
 
 use std::ffi::OsStr;
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bearerd::secret::Secret;
 use bearerd::token::Token;
 use bearerd_idp::{Fault, IdpSettings};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::harness::pki::Pki;
-use crate::harness::{Client, Config, Daemon, Harness, TestIdp, text};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, TlsServer, text};
 
 const STATE: &str = "out/.api.bearerd-state.json";
 const LOCK: &str = "out/.api.bearerd-state.lock";
@@ -371,109 +365,49 @@ fn a_lock_file_someone_else_could_hold_is_refused() {
     assert!(!token(&harness, &["--cached"]).is_empty());
 }
 
+/// `--cached` run as another user than the owner of the state directory (root at a shell
+/// beside a daemon running as `bearerd`) is refused before it creates anything there: a lock or
+/// state file it left would lock the owner out of `--cached` for good.
+#[test]
+fn a_state_directory_of_another_user_is_refused_before_anything_is_created() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: skipping the state directory owned by another user");
+        return;
+    }
+    let idp = idp(Duration::from_secs(300));
+    let harness = Harness::new();
+    harness.write_config(&config(&idp, |client| client));
+    let out = harness.path("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    std::os::unix::fs::chown(&out, Some(4242), Some(4242)).expect("chown");
+    let output = harness.run(&["token", "--cached", "api"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(text(&output.stdout), "");
+    let expected = format!(
+        "the state directory {} belongs to uid 4242, not to this user (uid 0)",
+        out.display()
+    );
+    assert!(
+        text(&output.stderr).contains(&expected),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_eq!(idp.token_request_count(), 0, "nothing was fetched");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .expect("read the state directory")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing was created: {left:?}");
+    // Plain `token` (nothing saved) still works for this user.
+    assert!(!token(&harness, &[]).is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // kubectl
 
-/// A Kubernetes API server as far as `kubectl get --raw /version` can tell: TLS on 127.0.0.1
-/// with the test CA's certificate, answering every request with a version document and
-/// recording the `Authorization` header of each.
-struct ApiServer {
-    address: SocketAddr,
-    authorizations: Arc<Mutex<Vec<Option<String>>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl ApiServer {
-    fn start(pki: &Pki) -> ApiServer {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.server_cert)
-            .expect("server certificate")
-            .collect::<Result<_, _>>()
-            .expect("server certificate PEM");
-        let key = PrivateKeyDer::from_pem_file(&pki.server_key).expect("server key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server TLS config");
-        let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the API server");
-        let address = listener.local_addr().expect("address");
-        let authorizations = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (recorded, stopped) = (Arc::clone(&authorizations), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (config, recorded) = (Arc::clone(&config), Arc::clone(&recorded));
-                std::thread::spawn(move || serve(config, stream, &recorded));
-            }
-        });
-        ApiServer {
-            address,
-            authorizations,
-            stop,
-        }
-    }
-
-    fn authorizations(&self) -> Vec<Option<String>> {
-        self.authorizations.lock().expect("authorizations").clone()
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.address);
-    }
-}
-
+/// What a Kubernetes API server answers to `kubectl get --raw /version`.
 const VERSION_DOCUMENT: &str =
     r#"{"major":"1","minor":"30","gitVersion":"v1.30.0-bearerd-test","platform":"linux/amd64"}"#;
-
-/// One connection: one request's head (a GET has no body), its `Authorization` recorded, one
-/// version document.
-fn serve(
-    config: Arc<rustls::ServerConfig>,
-    stream: TcpStream,
-    recorded: &Mutex<Vec<Option<String>>>,
-) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(connection) = rustls::ServerConnection::new(config) else {
-        return;
-    };
-    let mut reader = BufReader::new(rustls::StreamOwned::new(connection, stream));
-    let mut authorization = None;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(value.trim().to_owned());
-        }
-    }
-    recorded.lock().expect("authorizations").push(authorization);
-    let mut tls = reader.into_inner();
-    let _ = write!(
-        tls,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{VERSION_DOCUMENT}",
-        VERSION_DOCUMENT.len()
-    );
-    tls.conn.send_close_notify();
-    let _ = tls.flush();
-}
 
 /// The minor version of the `kubectl` on PATH, or `None` when there is none.
 fn kubectl_minor_version() -> Option<u32> {
@@ -495,7 +429,7 @@ fn kubectl_minor_version() -> Option<u32> {
 
 /// A kubeconfig for `server` whose user runs `bearerd token --cached --format exec-credential
 /// api` with `config`, speaking `api_version`.
-fn kubeconfig(harness: &Harness, server: &ApiServer, ca: &Path, api_version: &str) -> PathBuf {
+fn kubeconfig(harness: &Harness, server: &TlsServer, ca: &Path, api_version: &str) -> PathBuf {
     let quoted = |value: &str| serde_json::Value::from(value).to_string();
     let config = harness.path("bearerd.toml");
     let args: Vec<String> = [
@@ -578,7 +512,8 @@ fn kubectl_authenticates_with_the_cached_token() {
     let pki_dir = harness.path("pki");
     std::fs::create_dir(&pki_dir).expect("mkdir pki");
     let pki = Pki::create(&pki_dir);
-    let server = ApiServer::start(&pki);
+    // A Kubernetes API server as far as `kubectl get --raw /version` can tell.
+    let server = TlsServer::start(&pki.server_cert, &pki.server_key, VERSION_DOCUMENT);
 
     let mut versions = vec!["client.authentication.k8s.io/v1beta1"];
     if minor >= 22 {

@@ -4,13 +4,15 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bearerd_idp::IdpSettings;
 
-use crate::harness::{BEARERD, Daemon, Harness, TestIdp, wait_until};
+use super::api_client;
+use crate::harness::{Config, Daemon, Harness, TestIdp, try_http_get, wait_until};
 
 /// bearerd's descriptor limit in this test; the hostile connections outnumber it eight times.
 const LIMIT: u64 = 256;
@@ -20,25 +22,7 @@ const CLOSED_WITHIN: Duration = Duration::from_secs(15);
 
 /// One `GET path` on a fresh connection; the status code, or why there was none.
 fn status_of(address: SocketAddr, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
-        .map_err(|error| format!("connect: {error}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|error| error.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: bearerd\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|error| format!("write: {error}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|error| format!("read: {error}"))?;
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("no status line in {response:?}"))
+    try_http_get(&address.to_string(), path, Duration::from_secs(5)).map(|response| response.status)
 }
 
 /// A connection that sends a request line, no end of headers, and then nothing; `None` if
@@ -62,40 +46,20 @@ fn raise_own_descriptor_limit() {
     }
 }
 
-fn config(idp: &TestIdp, agent: &str) -> String {
-    format!(
-        r#"[agent]
-{agent}
-refresh_at = 0.5
-backoff_min = "200ms"
-backoff_max = "1s"
-
-[clients.api]
-token_url = "{url}"
-client_id = "api"
-client_secret = "api-secret"
-
-[[clients.api.output]]
-path = "tokens/api.token"
-"#,
-        url = idp.token_url()
-    )
+/// Tokens refreshed at half their life, quick retries, and one client.
+fn config(idp: &TestIdp) -> Config {
+    Config::new()
+        .agent("refresh_at = 0.5")
+        .backoff("200ms", "1s")
+        .client(api_client(idp, "api-secret"))
 }
 
-/// `prlimit --nofile=SOFT:HARD bearerd run -c CONFIG`.
-fn run_limited(config: &std::path::Path, soft: u64, hard: u64) -> Daemon {
-    let mut command = std::process::Command::new("prlimit");
-    command
-        .arg(format!("--nofile={soft}:{hard}"))
-        .arg("--")
-        .arg(BEARERD)
-        .args(["run", "-c"])
-        .arg(config)
-        .env_remove("BEARERD_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null());
-    Daemon::start_with(command)
+/// `prlimit --nofile=SOFT:HARD bearerd run -c DIR/bearerd.toml`.
+fn run_limited(harness: &Harness, soft: u64, hard: u64) -> Daemon {
+    let mut prlimit = Command::new("prlimit");
+    prlimit.arg(format!("--nofile={soft}:{hard}")).arg("--");
+    let config = harness.path("bearerd.toml");
+    Daemon::start_with(Harness::command_under(prlimit, &config, &["run"]))
 }
 
 #[test]
@@ -105,8 +69,8 @@ fn hostile_connections_starve_neither_probes_nor_refreshes() {
     // Short-lived tokens: bearerd must keep opening connections and files to refresh them.
     idp.add_client("api", "api-secret", Duration::from_secs(6));
     let harness = Harness::new();
-    let config = harness.write("bearerd.toml", &config(&idp, "listen = \"127.0.0.1:0\""));
-    let daemon = run_limited(&config, LIMIT, LIMIT);
+    harness.write_config(&config(&idp).listen("127.0.0.1:0"));
+    let daemon = run_limited(&harness, LIMIT, LIMIT);
     let address: SocketAddr = daemon.admin_address().parse().expect("admin address");
     daemon.wait_for("token refreshed", 1, Duration::from_secs(10));
 
@@ -192,8 +156,8 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
     let idp = TestIdp::start(IdpSettings::default());
     idp.add_client("api", "api-secret", Duration::from_secs(300));
     let harness = Harness::new();
-    let config = harness.write("bearerd.toml", &config(&idp, ""));
-    let daemon = run_limited(&config, 256, 1024);
+    harness.write_config(&config(&idp));
+    let daemon = run_limited(&harness, 256, 1024);
     daemon.wait_for("token refreshed", 1, Duration::from_secs(10));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id()))
         .expect("read /proc/PID/limits");

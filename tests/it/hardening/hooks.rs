@@ -10,33 +10,20 @@ use std::time::{Duration, Instant, SystemTime};
 use bearerd_idp::{Fault, IdpSettings};
 use rustix::process::Signal;
 
-use crate::harness::{BEARERD, Daemon, Harness, TestIdp, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, wait_until};
 
 /// A uid nothing else uses, so that a bearerd that signalled "every process it may" (kill -1)
 /// would reach only this module's own processes.
 const SANDBOX_UID: u32 = 61873;
 
-fn config(idp: &TestIdp, agent: &str, client: &str, on_refresh: &str) -> String {
-    format!(
-        r#"
-[agent]
-backoff_min = "100ms"
-backoff_max = "500ms"
-{agent}
-
-[clients.api]
-token_url = "{url}"
-client_id = "api"
-{client}
-
-[[clients.api.output]]
-path = "api.token"
-
-[clients.api.on_refresh]
-{on_refresh}
-"#,
-        url = idp.token_url()
-    )
+/// Quick retries and client `api` writing `api.token`, with `more`.
+fn config(idp: &TestIdp, more: impl FnOnce(Client) -> Client) -> Config {
+    Config::new().backoff("100ms", "500ms").client(more(
+        Client::new("api")
+            .token_url(&idp.token_url())
+            .client_id("api")
+            .output("api.token"),
+    ))
 }
 
 fn idp(lifetime: Duration) -> TestIdp {
@@ -45,35 +32,25 @@ fn idp(lifetime: Duration) -> TestIdp {
     idp
 }
 
-const SECRET: &str = "client_secret = \"api-secret\"";
+const SECRET: &str = "api-secret";
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// `setpriv` running `program` as `uid` (needs root).
-fn as_user(uid: u32, program: &str) -> Command {
+/// `setpriv` running what follows as `uid` (needs root).
+fn as_user(uid: u32) -> Command {
     let mut command = Command::new("setpriv");
     command
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={uid}"))
-        .args(["--clear-groups", "--"])
-        .arg(program);
+        .args(["--clear-groups", "--"]);
     command
 }
 
 /// `bearerd ARGS -c DIR/bearerd.toml` as `uid`, with the harness's clean environment.
 fn bearerd_as(harness: &Harness, uid: u32, args: &[&str]) -> Command {
-    let mut command = as_user(uid, BEARERD);
-    command
-        .args(args)
-        .arg("-c")
-        .arg(harness.path("bearerd.toml"))
-        .env_remove("BEARERD_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null());
-    command
+    Harness::command_under(as_user(uid), &harness.path("bearerd.toml"), args)
 }
 
 /// Gives the scratch directory and everything in it to `uid`.
@@ -124,20 +101,18 @@ fn a_pid_file_naming_a_group_every_process_init_or_bearerd_itself_signals_nothin
     let harness = Harness::new();
     let pid_file = harness.path("app.pid");
     replace(&pid_file, "-1\n");
-    let on_refresh = format!(
-        "signal = \"SIGTERM\"\npid_file = \"{}\"\n",
-        pid_file.display()
-    );
-    harness.write(
-        "bearerd.toml",
-        &config(&idp, "refresh_at = 0.5", SECRET, &on_refresh),
+    harness.write_config(
+        &config(&idp, |api| {
+            api.secret(SECRET).on_refresh_signal("SIGTERM", &pid_file)
+        })
+        .agent("refresh_at = 0.5"),
     );
     hand_over(&harness, SANDBOX_UID);
     // Same uid as bearerd and in the test's process group: any of these pids, taken as a
     // target, would kill it (and the test runner is root, which bearerd may not signal).
     let mut sentinel = Reaped(
-        as_user(SANDBOX_UID, "sleep")
-            .arg("600")
+        as_user(SANDBOX_UID)
+            .args(["sleep", "600"])
             .spawn()
             .expect("sentinel"),
     );
@@ -204,13 +179,11 @@ fn a_pid_file_that_is_a_fifo_is_refused_without_stalling_the_daemon() {
         .status()
         .expect("mkfifo");
     assert!(made.success());
-    let on_refresh = format!(
-        "signal = \"SIGHUP\"\npid_file = \"{}\"\n",
-        pid_file.display()
-    );
-    harness.write(
-        "bearerd.toml",
-        &config(&idp, "refresh_at = 0.5", SECRET, &on_refresh),
+    harness.write_config(
+        &config(&idp, |api| {
+            api.secret(SECRET).on_refresh_signal("SIGHUP", &pid_file)
+        })
+        .agent("refresh_at = 0.5"),
     );
     let daemon = Daemon::start(&harness);
     // Opening a FIFO for reading waits for a writer: that stalled the whole daemon.
@@ -251,22 +224,16 @@ fn on_refresh_commands_see_only_the_documented_variables_and_pass_env() {
     let idp = idp(Duration::from_secs(300));
     let harness = Harness::new();
     let dump = harness.path("environ");
-    let on_refresh = format!(
-        "command = [\"sh\", \"-c\", \"cat /proc/$$/environ > '{dump}.tmp' && mv '{dump}.tmp' '{dump}'\"]\n\
-         pass_env = [\"HOOKS_TEST_PASSED\", \"HOOKS_TEST_UNSET\"]\n",
+    let dump_command = format!(
+        "cat /proc/$$/environ > '{dump}.tmp' && mv '{dump}.tmp' '{dump}'",
         dump = dump.display()
     );
-    let text = config(
-        &idp,
-        "",
-        "client_secret = \"${HOOKS_TEST_SECRET_SOURCE}\"",
-        &on_refresh,
-    )
-    .replace(
-        "[clients.api.on_refresh]",
-        "[[clients.api.output]]\npath = \"odd:name.token\"\n\n[clients.api.on_refresh]",
-    );
-    harness.write("bearerd.toml", &text);
+    harness.write_config(&config(&idp, |api| {
+        api.secret("${HOOKS_TEST_SECRET_SOURCE}")
+            .output("odd:name.token")
+            .on_refresh_run(&["sh", "-c", &dump_command])
+            .pass_env(&["HOOKS_TEST_PASSED", "HOOKS_TEST_UNSET"])
+    }));
     let daemon_command = || {
         let mut command = harness.command(&["run"]);
         command
@@ -330,11 +297,11 @@ fn a_burst_of_sigusr1_costs_a_few_requests_and_runs_one_hook_at_a_time() {
             runs = runs.display()
         ),
     );
-    let on_refresh = format!(
-        "command = [\"sh\", \"{}\"]\ntimeout = \"10s\"\n",
-        script.display()
-    );
-    harness.write("bearerd.toml", &config(&idp, "", SECRET, &on_refresh));
+    let script = script.to_str().expect("UTF-8 path");
+    harness.write_config(&config(&idp, |api| {
+        api.secret(SECRET)
+            .on_refresh_command(&["sh", script], "10s")
+    }));
     let daemon = Daemon::start(&harness);
     let lines = || -> Vec<String> {
         std::fs::read_to_string(&runs)
@@ -417,14 +384,8 @@ fn bearerd_is_not_dumpable_so_its_memory_and_environment_stay_private() {
     let uid = 65534;
     let idp = idp(Duration::from_secs(300));
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &config(
-            &idp,
-            "http_timeout = \"60s\"",
-            SECRET,
-            "command = [\"true\"]",
-        ),
+    harness.write_config(
+        &config(&idp, |api| api.secret(SECRET).on_refresh_run(&["true"])).http_timeout("60s"),
     );
     hand_over(&harness, uid);
 

@@ -5,17 +5,17 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use bearerd::config::{Config, TlsIdentity, TlsSettings};
+use bearerd::config::{TlsIdentity, TlsSettings};
 use bearerd::oauth::Roots;
 use bearerd_idp::IdpSettings;
 
-use crate::harness::{BEARERD, Daemon, Harness, TestIdp, text, wait_until};
+use crate::harness::{Client, Config, Daemon, Harness, TestIdp, text};
+use crate::harness::{try_http_get, wait_until};
 
 const SECRET_CAP: u64 = 64 * 1024;
 const CONFIG_CAP: u64 = 16 * 1024 * 1024;
@@ -54,17 +54,9 @@ fn filled(path: &Path, len: u64) {
 /// `bearerd ARGS -c CONFIG` under a 1 GiB address-space limit (so that a read of /dev/zero
 /// cannot take the machine's memory), run to its end, or killed after a deadline and failed.
 fn finishes(args: &[&str], config: &Path) -> Output {
-    let mut child = Command::new("prlimit")
-        .arg(format!("--as={}", 1u64 << 30))
-        .arg("--")
-        .arg(BEARERD)
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .env_remove("BEARERD_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
+    let mut prlimit = Command::new("prlimit");
+    prlimit.arg(format!("--as={}", 1u64 << 30)).arg("--");
+    let mut child = Harness::command_under(prlimit, config, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -150,29 +142,27 @@ fn a_config_that_is_a_device_a_fifo_or_too_large_is_refused_at_once() {
     }
 }
 
+/// Client `api` at an endpoint nothing is sent to, without a secret or outputs.
+fn api() -> Client {
+    Client::new("api")
+        .token_url("https://idp.example.com/token")
+        .client_id("api")
+}
+
 /// A valid config whose client reads one more file, `key = "PATH"` in `[clients.api]` (or in
 /// its output, for `template_file`).
 fn config_naming(key: &str, path: &Path) -> String {
-    let path = path.display();
-    let (client, output) = match key {
-        "template_file" => (
-            "client_secret = \"s\"\n".to_owned(),
-            format!("format = \"template\"\ntemplate_file = \"{path}\"\n"),
-        ),
-        "client_secret_file" => (format!("{key} = \"{path}\"\n"), String::new()),
-        "private_key_file" => (
-            format!("auth_method = \"private_key_jwt\"\n{key} = \"{path}\"\n"),
-            String::new(),
-        ),
-        _ => (
-            format!("client_secret = \"s\"\n{key} = \"{path}\"\n"),
-            String::new(),
-        ),
+    let client = match key {
+        "template_file" => api().secret("s").output_template_file("api.token", path),
+        "client_secret_file" => api().secret_file(path).output("api.token"),
+        "private_key_file" => api()
+            .auth_method("private_key_jwt")
+            .private_key_file(path)
+            .output("api.token"),
+        "ca_file" => api().secret("s").ca_file(path).output("api.token"),
+        _ => panic!("no config naming {key}"),
     };
-    format!(
-        "[clients.api]\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"api\"\n\
-         {client}\n[[clients.api.output]]\npath = \"api.token\"\n{output}"
-    )
+    Config::new().client(client).to_string()
 }
 
 /// Where `key = "…"` is in `text`: line and column (1-based) of its value.
@@ -229,17 +219,17 @@ fn secret_template_key_and_certificate_files_that_are_not_regular_or_too_large_a
     }
     // The client certificate and its key: each read when the config is loaded.
     let cert = harness.write("client.pem", "read, not parsed\n");
-    for (key, other) in [
-        ("tls_cert_file", "tls_key_file"),
-        ("tls_key_file", "tls_cert_file"),
-    ] {
-        let config_text = format!(
-            "[clients.api]\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"api\"\n\
-             client_secret = \"s\"\n{other} = \"{}\"\n{key} = \"{}\"\n\
-             [[clients.api.output]]\npath = \"api.token\"\n",
-            cert.display(),
-            fifo.display()
-        );
+    for key in ["tls_cert_file", "tls_key_file"] {
+        let (cert_file, key_file) = if key == "tls_cert_file" {
+            (&fifo, &cert)
+        } else {
+            (&cert, &fifo)
+        };
+        let client = api()
+            .secret("s")
+            .tls_identity(cert_file, key_file)
+            .output("api.token");
+        let config_text = Config::new().client(client).to_string();
         let config = harness.write("bearerd.toml", &config_text);
         let (line, column) = value_location(&config_text, key);
         refused(
@@ -263,11 +253,13 @@ fn symlinks_to_regular_files_keep_working() {
     for name in ["secret", "template"] {
         std::os::unix::fs::symlink(format!("..data/{name}"), harness.path(name)).expect("link");
     }
-    let config_text = "[clients.api]\ntoken_url = \"https://idp.example.com/token\"\n\
-                       client_id = \"api\"\nclient_secret_file = \"secret\"\n\
-                       [[clients.api.output]]\npath = \"api.token\"\nformat = \"template\"\n\
-                       template_file = \"template\"\n";
-    harness.write("..2026_01_01/bearerd.toml", config_text);
+    let client = api()
+        .secret_file("secret")
+        .output_template_file("api.token", "template");
+    harness.write(
+        "..2026_01_01/bearerd.toml",
+        &Config::new().client(client).to_string(),
+    );
     std::os::unix::fs::symlink("..data/bearerd.toml", harness.path("bearerd.toml")).expect("link");
     let output = finishes(&["check"], &harness.path("bearerd.toml"));
     assert_eq!(output.status.code(), Some(0), "{}", text_of(&output));
@@ -359,13 +351,14 @@ fn the_private_key_is_read_bounded_at_each_request() {
     let idp = TestIdp::start(IdpSettings::default());
     let harness = Harness::new();
     let key = harness.write("client.key", "replaced below\n");
-    let config_text = format!(
-        "[clients.api]\ntoken_url = \"{}\"\nclient_id = \"api\"\nauth_method = \"private_key_jwt\"\n\
-         private_key_file = \"client.key\"\n[[clients.api.output]]\npath = \"api.token\"\n",
-        idp.token_url()
-    );
-    let config_path = harness.write("bearerd.toml", &config_text);
-    let config = Config::load(&config_path).expect("valid config");
+    let client = Client::new("api")
+        .token_url(&idp.token_url())
+        .client_id("api")
+        .auth_method("private_key_jwt")
+        .private_key_file("client.key")
+        .output("api.token");
+    let config_path = harness.write_config(&Config::new().client(client));
+    let config = bearerd::config::Config::load(&config_path).expect("valid config");
     let fifo = harness.path("fifo");
     mkfifo(&fifo);
     filled(&harness.path("large.key"), SECRET_CAP + 1);
@@ -441,21 +434,10 @@ fn forty_thousand_problems_show_the_first_hundred_and_a_count() {
     );
 }
 
-fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+/// `GET path`: the status and the body, or `None` when there was no answer.
+fn get(address: &str, path: &str) -> Option<(u16, String)> {
+    let response = try_http_get(address, path, Duration::from_secs(30)).ok()?;
+    Some((response.status, response.body))
 }
 
 /// The value of the first sample of `metric` (a name with its labels) in an exposition.
@@ -474,26 +456,21 @@ struct Reloading {
     address: String,
 }
 
-const AGENT: &str = "[agent]\nlisten = \"127.0.0.1:0\"\nrefresh_at = 0.5\n";
+/// `/metrics` on, and tokens refreshed at half their life.
+fn agent() -> Config {
+    Config::new()
+        .listen("127.0.0.1:0")
+        .agent("refresh_at = 0.5")
+}
 
 impl Reloading {
     fn start() -> Self {
         let idp = TestIdp::start(IdpSettings::default());
         idp.add_client("api", "api-secret", Duration::from_secs(2));
         let harness = Harness::new();
-        harness.write(
-            "bearerd.toml",
-            &format!("{AGENT}{}", Self::client(&idp, "")),
-        );
+        harness.write_config(&agent().client(Self::client(&idp)));
         let daemon = Daemon::start(&harness);
-        daemon.wait_for("serving /healthz", 1, Duration::from_secs(10));
-        let address = daemon
-            .log()
-            .lines()
-            .find_map(|line| line.split("address=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("the listening address")
-            .to_owned();
+        let address = daemon.admin_address();
         daemon.wait_for("token refreshed", 1, Duration::from_secs(10));
         Self {
             idp,
@@ -503,12 +480,12 @@ impl Reloading {
         }
     }
 
-    fn client(idp: &TestIdp, extra: &str) -> String {
-        format!(
-            "\n[clients.api]\ntoken_url = \"{}\"\nclient_id = \"api\"\n\
-             client_secret = \"api-secret\"\n{extra}[[clients.api.output]]\npath = \"api.token\"\n",
-            idp.token_url()
-        )
+    fn client(idp: &TestIdp) -> Client {
+        Client::new("api")
+            .token_url(&idp.token_url())
+            .client_id("api")
+            .secret("api-secret")
+            .output("api.token")
     }
 
     /// Replaces the config by rename, as an editor would.
@@ -521,13 +498,14 @@ impl Reloading {
     /// Replaces the config by 6 MiB of short unknown [agent] keys: within the cap, and
     /// seconds of parsing in a debug build. Returns how many problems it has.
     fn replace_by_huge_invalid(&self) -> usize {
-        let mut huge = String::from(AGENT);
+        // The unknown keys follow the [agent] table's own, so they are in it.
+        let mut huge = agent().to_string();
         let mut number = 0;
         while huge.len() < 6 << 20 {
             huge.push_str(&format!("k{number:x}=1\n"));
             number += 1;
         }
-        huge.push_str(&Self::client(&self.idp, ""));
+        huge.push_str(&Config::new().client(Self::client(&self.idp)).to_string());
         self.replace(&huge);
         number
     }
@@ -550,8 +528,8 @@ fn a_huge_invalid_config_is_validated_while_healthz_answers_and_tokens_refresh()
     let mut healthz_during = 0;
     let mut refreshes_during = Vec::new();
     let finished = wait_until(Duration::from_secs(120), || {
-        let healthz = http_get(address, "/healthz");
-        let Some((200, metrics)) = http_get(address, "/metrics") else {
+        let healthz = get(address, "/healthz");
+        let Some((200, metrics)) = get(address, "/metrics") else {
             return false;
         };
         if sample(&metrics, "bearerd_config_last_reload_successful") != Some(1) {
@@ -606,8 +584,8 @@ fn a_change_during_a_slow_reload_is_loaded_after_it_and_the_last_one_wins() {
     fixture
         .daemon
         .wait_for("reloading (file changed)", 1, Duration::from_secs(10));
-    let scoped = Reloading::client(&fixture.idp, "scope = \"two\"\n");
-    fixture.replace(&format!("{AGENT}{scoped}"));
+    let scoped = Reloading::client(&fixture.idp).scope("two");
+    fixture.replace(&agent().client(scoped).to_string());
     fixture
         .daemon
         .wait_for("configuration reloaded", 1, Duration::from_secs(60));
@@ -622,7 +600,7 @@ fn a_change_during_a_slow_reload_is_loaded_after_it_and_the_last_one_wins() {
         "no request with the last config's scope; log:\n{}",
         fixture.daemon.log()
     );
-    let metrics = http_get(&fixture.address, "/metrics").expect("metrics").1;
+    let metrics = get(&fixture.address, "/metrics").expect("metrics").1;
     assert_eq!(
         sample(&metrics, "bearerd_config_last_reload_successful"),
         Some(1)
@@ -637,10 +615,8 @@ fn a_change_during_a_slow_reload_is_loaded_after_it_and_the_last_one_wins() {
 #[test]
 fn a_variable_that_is_set_but_not_utf8_is_named_as_such() {
     let harness = Harness::new();
-    let config_text = "[clients.api]\ntoken_url = \"https://idp.example.com/token\"\n\
-                       client_id = \"api\"\nclient_secret = \"${BEARERD_TEST_NOT_UTF8}\"\n\
-                       [[clients.api.output]]\npath = \"api.token\"\n";
-    let config = harness.write("bearerd.toml", config_text);
+    let client = api().secret("${BEARERD_TEST_NOT_UTF8}").output("api.token");
+    let config = harness.write_config(&Config::new().client(client));
     let output = harness
         .command(&["check"])
         .env("BEARERD_TEST_NOT_UTF8", OsStr::from_bytes(b"s3cr\xffet"))

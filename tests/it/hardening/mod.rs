@@ -7,3 +7,14 @@ mod hooks;
 mod input;
 mod state;
 mod tls;
+
+use crate::harness::{Client, TestIdp};
+
+/// Client `api` (id `api`, secret `secret`) posting to `idp`, writing `tokens/api.token`.
+fn api_client(idp: &TestIdp, secret: &str) -> Client {
+    Client::new("api")
+        .token_url(&idp.token_url())
+        .client_id("api")
+        .secret(secret)
+        .output("tokens/api.token")
+}

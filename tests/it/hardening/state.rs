@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use bearerd_idp::IdpSettings;
 
-use crate::harness::{Harness, TestIdp, text, wait_until};
+use super::api_client;
+use crate::harness::{Config, Harness, TestIdp, text, wait_until};
 
 const STATE: &str = "tokens/.api.bearerd-state.json";
 
@@ -19,21 +20,8 @@ fn idp(secret: &str) -> TestIdp {
     idp
 }
 
-fn config(idp: &TestIdp, agent: &str, secret: &str) -> String {
-    format!(
-        r#"[agent]
-{agent}
-
-[clients.api]
-token_url = "{url}"
-client_id = "api"
-client_secret = "{secret}"
-
-[[clients.api.output]]
-path = "tokens/api.token"
-"#,
-        url = idp.token_url()
-    )
+fn config(idp: &TestIdp, secret: &str) -> Config {
+    Config::new().client(api_client(idp, secret))
 }
 
 /// `bearerd run --once`, which must succeed.
@@ -82,7 +70,7 @@ fn planted_state(idp: &TestIdp, token: &str) -> String {
 fn a_planted_state_file_is_not_served() {
     let idp = idp("api-secret");
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, "", "api-secret"));
+    harness.write_config(&config(&idp, "api-secret"));
     let state = harness.write(STATE, &planted_state(&idp, "planted-by-mallory"));
     set_mode(&state, 0o600);
 
@@ -95,7 +83,7 @@ fn a_planted_state_file_is_not_served() {
 fn a_state_file_others_could_have_written_is_refused_and_one_bearerd_wrote_is_reused() {
     let idp = idp("api-secret");
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, "", "api-secret"));
+    harness.write_config(&config(&idp, "api-secret"));
     run_once(&harness);
     let state = harness.path(STATE);
     let saved = std::fs::read(&state).expect("bearerd saved its state");
@@ -155,7 +143,7 @@ fn a_state_file_others_could_have_written_is_refused_and_one_bearerd_wrote_is_re
 fn a_fifo_at_the_state_path_does_not_block_the_start() {
     let idp = idp("api-secret");
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, "", "api-secret"));
+    harness.write_config(&config(&idp, "api-secret"));
     std::fs::create_dir_all(harness.path("tokens")).expect("mkdir");
     let made = std::process::Command::new("mkfifo")
         .arg(harness.path(STATE))
@@ -187,12 +175,12 @@ fn a_fifo_at_the_state_path_does_not_block_the_start() {
 fn a_rotated_secret_refetches_once_after_a_restart() {
     let idp = idp("old-secret");
     let harness = Harness::new();
-    harness.write("bearerd.toml", &config(&idp, "", "old-secret"));
+    harness.write_config(&config(&idp, "old-secret"));
     run_once(&harness);
     let first = harness.read("tokens/api.token");
 
     idp.add_client("api", "new-secret", Duration::from_secs(300));
-    harness.write("bearerd.toml", &config(&idp, "", "new-secret"));
+    harness.write_config(&config(&idp, "new-secret"));
     run_once(&harness);
     assert_eq!(
         idp.token_request_count(),
@@ -210,10 +198,7 @@ fn a_rotated_secret_refetches_once_after_a_restart() {
 fn output_and_state_directories_writable_by_others_are_warned_about() {
     let idp = idp("api-secret");
     let harness = Harness::new();
-    harness.write(
-        "bearerd.toml",
-        &config(&idp, "state_dir = \"state\"", "api-secret"),
-    );
+    harness.write_config(&config(&idp, "api-secret").agent("state_dir = \"state\""));
     let tokens = harness.path("tokens");
     let state = harness.path("state");
     for dir in [&tokens, &state] {

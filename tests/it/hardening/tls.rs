@@ -3,124 +3,24 @@
 //! and a discovered mTLS alias must be `https` as a discovered token endpoint must.
 //! The servers here only shake hands and hand out one fixed token: they check no credentials.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bearerd_idp::IdpSettings;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::harness::pki::{self, Pki};
-use crate::harness::{Client, Config};
+use crate::harness::{Client, Config, TlsServer};
 use crate::harness::{Daemon, Harness, TestIdp, text, wait_until};
 use crate::interop::{bearerd, fail_at_runtime, succeed};
 
 /// What the test server issues to every request that gets through the handshake.
 const TOKEN: &str = "tls-ok";
 
-/// A TLS server on 127.0.0.1 presenting one certificate chain. It counts connections (each is
-/// one attempt of bearerd's) and answers any request with a token.
-struct TlsServer {
-    token_url: String,
-    address: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl TlsServer {
-    fn start(cert: &Path, key: &Path) -> TlsServer {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .expect("server certificate")
-            .collect::<Result<_, _>>()
-            .expect("server certificate PEM");
-        let key = PrivateKeyDer::from_pem_file(key).expect("server key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server TLS config");
-        let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the TLS server");
-        let address = listener.local_addr().expect("address");
-        let connections = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (counted, stopped) = (Arc::clone(&connections), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                counted.fetch_add(1, Ordering::SeqCst);
-                let config = Arc::clone(&config);
-                std::thread::spawn(move || serve(config, stream));
-            }
-        });
-        TlsServer {
-            token_url: format!("https://{address}/token"),
-            address,
-            connections,
-            stop,
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.address);
-    }
-}
-
-/// One connection: the handshake (where a refused certificate ends it), one request read to
-/// the end of its body, one token.
-fn serve(config: Arc<rustls::ServerConfig>, stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(connection) = rustls::ServerConnection::new(config) else {
-        return;
-    };
-    let mut reader = BufReader::new(rustls::StreamOwned::new(connection, stream));
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
+/// A TLS server on 127.0.0.1 presenting one certificate chain and answering with a token; its
+/// connections count bearerd's attempts.
+fn token_server(cert: &Path, key: &Path) -> TlsServer {
     let answer = format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer","expires_in":300}}"#);
-    let mut tls = reader.into_inner();
-    let _ = write!(
-        tls,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    tls.conn.send_close_notify();
-    let _ = tls.flush();
+    TlsServer::start(cert, key, &answer)
 }
 
 /// A P-256 key at `dir/NAME.key` and a certificate for it at `dir/NAME.pem`, made by
@@ -218,14 +118,15 @@ fn config(
 /// `run --once` against `server` fails with `expected` after one attempt, logged as permanent,
 /// although the deadline would allow many.
 fn fails_at_once(harness: &Harness, server: &TlsServer, ca_file: Option<&Path>, expected: &str) {
-    let config = config(harness, &server.token_url, ca_file, "100ms");
+    let token_url = server.url("/token");
+    let config = config(harness, &token_url, ca_file, "100ms");
     let output = fail_at_runtime(bearerd(
         harness,
         &config,
         &["run", "--once", "--deadline", "30s"],
     ));
     let stderr = text(&output.stderr);
-    let message = format!("token endpoint {}: {expected}", server.token_url);
+    let message = format!("token endpoint {token_url}: {expected}");
     assert!(
         stderr.contains(&message),
         "expected {message:?} in:\n{stderr}"
@@ -255,7 +156,7 @@ fn a_self_signed_ca_as_the_server_certificate_fails_at_once_in_plain_words() {
             "basicConstraints=critical,CA:TRUE",
         ],
     );
-    let server = TlsServer::start(&cert, &key);
+    let server = token_server(&cert, &key);
     fails_at_once(
         &harness,
         &server,
@@ -271,7 +172,7 @@ fn a_self_signed_ca_as_the_server_certificate_fails_at_once_in_plain_words() {
 fn an_unknown_issuer_fails_at_once_in_plain_words() {
     let harness = Harness::new();
     let pki = Pki::create(harness.dir.path());
-    let server = TlsServer::start(&pki.server_cert, &pki.server_key);
+    let server = token_server(&pki.server_cert, &pki.server_key);
     fails_at_once(
         &harness,
         &server,
@@ -302,7 +203,7 @@ fn a_certificate_for_another_name_fails_at_once_naming_its_names() {
             "basicConstraints=critical,CA:FALSE",
         ],
     );
-    let server = TlsServer::start(&cert, &key);
+    let server = token_server(&cert, &key);
     fails_at_once(
         &harness,
         &server,
@@ -319,7 +220,7 @@ fn an_expired_or_not_yet_valid_certificate_fails_at_once_with_its_dates() {
     Pki::create(dir);
     let ca = dir.join("ca.pem");
     let (cert, key) = dated_certificate(dir, "expired", "20200101000000Z", "20200102000000Z");
-    let server = TlsServer::start(&cert, &key);
+    let server = token_server(&cert, &key);
     fails_at_once(
         &harness,
         &server,
@@ -328,7 +229,7 @@ fn an_expired_or_not_yet_valid_certificate_fails_at_once_with_its_dates() {
          clock reads ",
     );
     let (cert, key) = dated_certificate(dir, "future", "20990101000000Z", "20990102000000Z");
-    let server = TlsServer::start(&cert, &key);
+    let server = token_server(&cert, &key);
     fails_at_once(
         &harness,
         &server,
@@ -341,8 +242,8 @@ fn an_expired_or_not_yet_valid_certificate_fails_at_once_with_its_dates() {
 fn a_correct_chain_still_gets_a_token() {
     let harness = Harness::new();
     let pki = Pki::create(harness.dir.path());
-    let server = TlsServer::start(&pki.server_cert, &pki.server_key);
-    let config = config(&harness, &server.token_url, Some(&pki.ca_cert), "100ms");
+    let server = token_server(&pki.server_cert, &pki.server_key);
+    let config = config(&harness, &server.url("/token"), Some(&pki.ca_cert), "100ms");
     succeed(bearerd(&harness, &config, &["run", "--once"]), String::new);
     assert_eq!(harness.read("api.token"), TOKEN);
 }
@@ -351,8 +252,8 @@ fn a_correct_chain_still_gets_a_token() {
 fn the_daemon_retries_a_refused_certificate_at_backoff_max_and_warns_once() {
     let harness = Harness::new();
     let pki = Pki::create(harness.dir.path());
-    let server = TlsServer::start(&pki.server_cert, &pki.server_key);
-    let config = config(&harness, &server.token_url, None, "2s");
+    let server = token_server(&pki.server_cert, &pki.server_key);
+    let config = config(&harness, &server.url("/token"), None, "2s");
     let daemon = Daemon::start_with(bearerd(&harness, &config, &["run"]));
     assert!(
         wait_until(Duration::from_secs(60), || server.connections() >= 3),
@@ -393,11 +294,7 @@ fn a_plain_http_mtls_alias_in_discovery_is_refused_and_never_posted_to() {
             .issuer(&idp.issuer())
             .client_id("mtls-bot")
             .auth_method("tls_client_auth")
-            .set(
-                "tls_cert_file",
-                pki.client_cert.to_str().expect("UTF-8 path"),
-            )
-            .set("tls_key_file", pki.client_key.to_str().expect("UTF-8 path"))
+            .tls_identity(&pki.client_cert, &pki.client_key)
             .set("proxy", &idp.issuer())
             .output("mtls.token")
     };

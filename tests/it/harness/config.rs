@@ -12,6 +12,12 @@ fn quoted(value: &str) -> String {
     serde_json::Value::from(value).to_string()
 }
 
+/// A TOML array of basic strings.
+fn quoted_list(values: &[&str]) -> String {
+    let values: Vec<String> = values.iter().map(|value| quoted(value)).collect();
+    format!("[{}]", values.join(", "))
+}
+
 fn quoted_path(path: &Path) -> String {
     quoted(path.to_str().expect("UTF-8 path"))
 }
@@ -209,11 +215,17 @@ impl Client {
     }
 
     /// `auth_method = "private_key_jwt"` signing with the key in `key_file`, named `key_id`.
-    pub fn private_key_jwt(mut self, key_file: impl AsRef<Path>, key_id: &str) -> Self {
-        self = self.auth_method("private_key_jwt");
+    pub fn private_key_jwt(self, key_file: impl AsRef<Path>, key_id: &str) -> Self {
+        self.auth_method("private_key_jwt")
+            .private_key_file(key_file)
+            .set("key_id", key_id)
+    }
+
+    /// `private_key_file` alone (no `auth_method`, no `key_id`).
+    pub fn private_key_file(mut self, path: impl AsRef<Path>) -> Self {
         self.settings
-            .set("private_key_file", quoted_path(key_file.as_ref()));
-        self.set("key_id", key_id)
+            .set("private_key_file", quoted_path(path.as_ref()));
+        self
     }
 
     /// `ca_file`: the CA that signs the server's certificate.
@@ -223,21 +235,37 @@ impl Client {
     }
 
     /// `tls_client_auth` with `pki`'s client certificate, trusting `pki`'s CA.
-    pub fn tls_client_auth(mut self, pki: &Pki) -> Self {
-        self = self.auth_method("tls_client_auth").ca_file(&pki.ca_cert);
+    pub fn tls_client_auth(self, pki: &Pki) -> Self {
+        self.auth_method("tls_client_auth")
+            .ca_file(&pki.ca_cert)
+            .tls_identity(&pki.client_cert, &pki.client_key)
+    }
+
+    /// `tls_cert_file` and `tls_key_file`, the client certificate and its key.
+    pub fn tls_identity(mut self, cert_file: impl AsRef<Path>, key_file: impl AsRef<Path>) -> Self {
         self.settings
-            .set("tls_cert_file", quoted_path(&pki.client_cert));
+            .set("tls_cert_file", quoted_path(cert_file.as_ref()));
         self.settings
-            .set("tls_key_file", quoted_path(&pki.client_key));
+            .set("tls_key_file", quoted_path(key_file.as_ref()));
         self
     }
 
     /// `on_refresh` runs `command` for at most `timeout`.
     pub fn on_refresh_command(mut self, command: &[&str], timeout: &str) -> Self {
-        let words: Vec<String> = command.iter().map(|word| quoted(word)).collect();
-        self.on_refresh
-            .set("command", format!("[{}]", words.join(", ")));
+        self = self.on_refresh_run(command);
         self.on_refresh.set("timeout", quoted(timeout));
+        self
+    }
+
+    /// `on_refresh` runs `command` with no `timeout` of its own (bearerd's default).
+    pub fn on_refresh_run(mut self, command: &[&str]) -> Self {
+        self.on_refresh.set("command", quoted_list(command));
+        self
+    }
+
+    /// `on_refresh.pass_env`: the variables of bearerd's own environment the command also gets.
+    pub fn pass_env(mut self, names: &[&str]) -> Self {
+        self.on_refresh.set("pass_env", quoted_list(names));
         self
     }
 
@@ -256,6 +284,22 @@ impl Client {
     /// An output in `format` (`env`, `header`, `json`, …).
     pub fn output_as(self, path: impl AsRef<Path>, format: &str) -> Self {
         self.output_with(path, &[&format!("format = {}", quoted(format))])
+    }
+
+    /// An output in the `template` format rendering the file `template_file`.
+    pub fn output_template_file(
+        self,
+        path: impl AsRef<Path>,
+        template_file: impl AsRef<Path>,
+    ) -> Self {
+        let template_file = quoted_path(template_file.as_ref());
+        self.output_with(
+            path,
+            &[
+                "format = \"template\"",
+                &format!("template_file = {template_file}"),
+            ],
+        )
     }
 
     /// An output with raw lines after its `path`, e.g. `mode = "0640"`.
