@@ -26,6 +26,19 @@ pub fn is_b64token(token: &str) -> bool {
         })
 }
 
+/// A token for unit tests: `Bearer`, issued 300 s before `expires_at` (Unix seconds).
+#[cfg(test)]
+pub(crate) fn sample(access_token: &str, scope: Option<&str>, expires_at: u64) -> Token {
+    use std::time::{Duration, UNIX_EPOCH};
+    Token {
+        access_token: Secret::new(access_token),
+        token_type: "Bearer".to_owned(),
+        scope: scope.map(str::to_owned),
+        issued_at: UNIX_EPOCH + Duration::from_secs(expires_at - 300),
+        expires_at: UNIX_EPOCH + Duration::from_secs(expires_at),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

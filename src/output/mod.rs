@@ -123,7 +123,6 @@ pub fn render(format: &Format, token: &Token, client: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
     use std::process::Command;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -138,13 +137,7 @@ mod tests {
     const CLIENT: &str = "tasklist";
 
     fn token(access_token: &str, scope: Option<&str>) -> Token {
-        Token {
-            access_token: Secret::new(access_token),
-            token_type: "Bearer".to_owned(),
-            scope: scope.map(str::to_owned),
-            issued_at: UNIX_EPOCH + Duration::from_secs(EXPIRES_AT - 300),
-            expires_at: UNIX_EPOCH + Duration::from_secs(EXPIRES_AT),
-        }
+        crate::token::sample(access_token, scope, EXPIRES_AT)
     }
 
     fn rendered(format: &Format, token: &Token) -> String {

@@ -207,19 +207,12 @@ fn json_string(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
 
     /// 2026-11-29T03:15:50Z.
     const EXPIRES_AT: u64 = 1_795_922_150;
 
     fn token(access_token: &str, scope: Option<&str>) -> Token {
-        Token {
-            access_token: Secret::new(access_token),
-            token_type: "Bearer".to_owned(),
-            scope: scope.map(str::to_owned),
-            issued_at: UNIX_EPOCH + Duration::from_secs(EXPIRES_AT - 300),
-            expires_at: UNIX_EPOCH + Duration::from_secs(EXPIRES_AT),
-        }
+        crate::token::sample(access_token, scope, EXPIRES_AT)
     }
 
     fn rendered(template: &Template, token: &Token) -> String {
