@@ -343,7 +343,7 @@ mod tests {
             Err(std::env::VarError::NotPresent)
         })
         .expect("valid config");
-        Arc::new(config.clients[0].clone())
+        Arc::clone(&config.clients[0])
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -14,9 +15,10 @@ use crate::files;
 use crate::output::OutputSpec;
 use crate::secret::Secret;
 
-/// A client's name: `[A-Za-z0-9_-]+`.
+/// A client's name: `[A-Za-z0-9_-]+`. Shared, not copied: the supervisor's maps, the status
+/// and every report name the client (one copy each was ~100 bytes a client, BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClientName(String);
+pub struct ClientName(Arc<str>);
 
 impl ClientName {
     pub(crate) fn parse(name: &str) -> Result<Self, String> {
@@ -25,7 +27,7 @@ impl ClientName {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
-            Ok(Self(name.to_owned()))
+            Ok(Self(Arc::from(name)))
         } else {
             Err(format!(
                 "invalid client name {name:?}: expected one or more of A-Z a-z 0-9 _ -"

@@ -19,7 +19,8 @@ use crate::token::Token;
 /// and dropped when the endpoint stops answering. One session serves one client's settings.
 #[derive(Default)]
 pub(crate) struct Session {
-    discovery: Option<Discovery>,
+    /// Boxed: most clients name a `token_url`, and an idle worker should not carry the space.
+    discovery: Option<Box<Discovery>>,
 }
 
 impl Session {
@@ -47,11 +48,11 @@ impl Session {
             Endpoint::TokenUrl(url) => (url.clone(), None),
             Endpoint::Issuer(issuer) => {
                 let discovery = match &self.discovery {
-                    Some(discovery) => discovery.clone(),
+                    Some(discovery) => Discovery::clone(discovery),
                     None => {
                         let discovery = discover(&http, issuer).await?;
                         check_discovered_urls(spec, &discovery)?;
-                        self.discovery = Some(discovery.clone());
+                        self.discovery = Some(Box::new(discovery.clone()));
                         discovery
                     }
                 };

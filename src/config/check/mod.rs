@@ -12,6 +12,7 @@ mod output;
 use std::env::VarError;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -128,7 +129,7 @@ impl Checker<'_> {
                 if let Some(table) = self.as_table(value, &key)
                     && let Some(client) = self.client(client_name, table, value.span(), &key)
                 {
-                    clients.push(client);
+                    clients.push(Arc::new(client));
                 }
             }
         }
