@@ -75,7 +75,7 @@ pub(crate) fn on_refresh(spec: &Arc<ClientSpec>, gate: &Gate) {
 }
 
 async fn run(spec: &ClientSpec, gate: &Gate) {
-    match &spec.on_refresh {
+    match spec.on_refresh.as_deref() {
         None => {}
         Some(OnRefresh::Command {
             argv,

@@ -38,9 +38,6 @@ struct ClientStatus {
     expires_at: Option<SystemTime>,
     next_refresh: Option<SystemTime>,
     last_error: Option<String>,
-    last_error_at: Option<SystemTime>,
-    refreshes_ok: u64,
-    refreshes_failed: u64,
 }
 
 /// Counts over every [`ClientStatus`]; each entry is counted out before it changes and back in
@@ -550,26 +547,17 @@ impl Supervisor {
                     Report::Fresh {
                         expires_at,
                         next_refresh,
-                        origin,
                         ..
                     } => {
                         entry.expires_at = Some(expires_at);
                         entry.next_refresh = Some(next_refresh);
                         entry.last_error = None;
-                        if let Origin::Fetched { .. } = origin {
-                            entry.refreshes_ok += 1;
-                        }
                     }
                     Report::Failed {
-                        message,
-                        at,
-                        retry_at,
-                        ..
+                        message, retry_at, ..
                     } => {
                         entry.last_error = Some(message);
-                        entry.last_error_at = Some(at);
                         entry.next_refresh = Some(retry_at);
-                        entry.refreshes_failed += 1;
                     }
                     Report::Expired { .. } => {
                         warn!(client = %client, "token expired");

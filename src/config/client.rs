@@ -39,6 +39,11 @@ impl ClientName {
         &self.0
     }
 
+    /// The same name in an allocation of its own (a clone shares it).
+    pub(crate) fn copied(&self) -> Self {
+        Self(Arc::from(self.as_str()))
+    }
+
     /// The default `env` variable: upper-cased, `-` → `_`, then `_TOKEN`.
     pub(crate) fn env_variable(&self) -> String {
         let mut variable: String = self
@@ -69,7 +74,8 @@ pub struct ClientSpec {
     pub name: ClientName,
     pub request: RequestSpec,
     pub outputs: Vec<OutputSpec>,
-    pub(crate) on_refresh: Option<OnRefresh>,
+    /// Boxed: most clients have none.
+    pub(crate) on_refresh: Option<Box<OnRefresh>>,
     pub(crate) on_expiry: OnExpiry,
 }
 
@@ -177,7 +183,8 @@ pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
     /// A client certificate for mutual TLS (`tls_client_auth`, or mTLS with any method).
     pub identity: Option<TlsIdentity>,
-    pub proxy: Option<Url>,
+    /// Boxed: most clients have none, and every client's settings are in memory.
+    pub proxy: Option<Box<Url>>,
 }
 
 impl fmt::Debug for TlsSettings {
@@ -186,7 +193,7 @@ impl fmt::Debug for TlsSettings {
         f.debug_struct("TlsSettings")
             .field("ca_file", &self.ca_file)
             .field("identity", &self.identity)
-            .field("proxy", &self.proxy.as_ref().map(display_url))
+            .field("proxy", &self.proxy.as_deref().map(display_url))
             .finish()
     }
 }
