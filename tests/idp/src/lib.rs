@@ -111,9 +111,9 @@ pub enum Fault {
     Oversized,
     /// A 200 with exactly this body, as `application/json`.
     Body(String),
-    /// A 400 `invalid_request` whose `error_description` quotes the whole request body: a
-    /// server that echoes every credential it was sent.
-    EchoRequest,
+    /// A 400 `invalid_request` whose `error_description` is the value of this body parameter
+    /// (`client_assertion`, `subject_token`, …): a server that quotes a credential it was sent.
+    EchoParam(String),
 }
 
 /// One request as the endpoint received it. Its `Debug` hides the body and credentials.
@@ -497,7 +497,7 @@ const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 async fn token(shared: &Shared, mut record: RecordedRequest) -> io::Result<Response<Reply>> {
     let outcome = authenticate(shared, &mut record);
-    let echoed = String::from_utf8_lossy(&record.body).into_owned();
+    let echoable = record.params();
     let fault = {
         let mut state = shared.lock();
         state.requests.push(record);
@@ -585,10 +585,10 @@ async fn token(shared: &Shared, mut record: RecordedRequest) -> io::Result<Respo
             "application/json",
             Reply::full(body.into_bytes()),
         )),
-        Fault::EchoRequest => Ok(refuse_response(
+        Fault::EchoParam(name) => Ok(refuse_response(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            &format!("cannot use {echoed}"),
+            echoable.get(&name).map_or("", String::as_str),
         )),
     }
 }
@@ -795,14 +795,17 @@ fn authenticate(shared: &Shared, record: &mut RecordedRequest) -> Outcome {
                 );
             }
             let tokens = [Some(subject), param("actor_token")];
-            if let Some(reason) = tokens.iter().flatten().find_map(|token| {
-                unverified_claims(token).and_then(|_| check_times(token).err())
-            }) {
+            if let Some(reason) = tokens
+                .iter()
+                .flatten()
+                .find_map(|token| unverified_claims(token).and_then(|_| check_times(token).err()))
+            {
                 return refuse(StatusCode::BAD_REQUEST, "invalid_grant", reason);
             }
-            Some(param("requested_token_type").unwrap_or_else(|| {
-                "urn:ietf:params:oauth:token-type:access_token".to_owned()
-            }))
+            Some(
+                param("requested_token_type")
+                    .unwrap_or_else(|| "urn:ietf:params:oauth:token-type:access_token".to_owned()),
+            )
         }
         Some(JWT_BEARER_GRANT) => {
             let Some(assertion) = param("assertion") else {
@@ -838,9 +841,16 @@ fn authenticate(shared: &Shared, record: &mut RecordedRequest) -> Outcome {
 fn verify_grant_assertion(shared: &Shared, assertion: &str) -> Result<(), &'static str> {
     let claims = unverified_claims(assertion).ok_or("the assertion is not a JWT")?;
     check_times(assertion)?;
-    let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let state = shared.lock();
-    match state.clients.get(issuer).map(|registered| &registered.credential) {
+    match state
+        .clients
+        .get(issuer)
+        .map(|registered| &registered.credential)
+    {
         Some(Credential::PublicKey { algorithm, key }) => {
             verify_signature(assertion, *algorithm, key)?;
             audience_is(&claims, &shared.token_url)
@@ -891,8 +901,7 @@ fn verify_secret_assertion(
         return Err("unexpected alg");
     }
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    ring::hmac::verify(&key, signing_input.as_bytes(), &signature)
-        .map_err(|_| "bad signature")?;
+    ring::hmac::verify(&key, signing_input.as_bytes(), &signature).map_err(|_| "bad signature")?;
     verify_client_claims(assertion, client_id, audience)
 }
 
