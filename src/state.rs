@@ -306,7 +306,11 @@ mod tests {
         assert_eq!(load(&path, &spec), Some(token));
         let elsewhere = parse(&text.replace("/token\"\n[[", "/other\"\n[["));
         assert_ne!(elsewhere.request, spec.request);
-        assert_eq!(load(&path, &elsewhere), None, "another file is another identity");
+        assert_eq!(
+            load(&path, &elsewhere),
+            None,
+            "another file is another identity"
+        );
     }
 
     #[test]
