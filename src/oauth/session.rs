@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use url::Url;
+
 use super::credentials::Credentials;
 use super::discovery::{Discovery, discover};
 use super::error::FetchError;
@@ -26,6 +28,17 @@ impl Session {
     /// A session that has discovered nothing yet.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Where the next request for `spec` goes: the configured or the discovered token
+    /// endpoint, or, before discovery, the issuer (whose discovery document is fetched first
+    /// and is then followed at once by the token request).
+    pub(crate) fn next_url<'a>(&'a self, spec: &'a RequestSpec) -> &'a Url {
+        match (&spec.endpoint, &self.discovery) {
+            (Endpoint::TokenUrl(url), _) => url,
+            (Endpoint::Issuer(_), Some(discovery)) => token_endpoint(spec, discovery),
+            (Endpoint::Issuer(issuer), None) => issuer,
+        }
     }
 
     /// One token request for `spec` (after discovery, when it names an issuer), over the HTTP
@@ -55,10 +68,7 @@ impl Session {
                         discovery
                     }
                 };
-                let url = match (&spec.auth, &discovery.mtls_token_endpoint) {
-                    (Auth::TlsClientAuth, Some(mtls)) => mtls.clone(),
-                    _ => discovery.token_endpoint.clone(),
-                };
+                let url = token_endpoint(spec, &discovery).clone();
                 (url, Some(discovery.auth_methods))
             }
         };
@@ -79,6 +89,15 @@ impl Session {
             self.discovery = None;
         }
         result
+    }
+}
+
+/// The discovered endpoint `spec` posts to: the mTLS alias for `tls_client_auth` when there
+/// is one, else the token endpoint.
+fn token_endpoint<'a>(spec: &RequestSpec, discovery: &'a Discovery) -> &'a Url {
+    match (&spec.auth, &discovery.mtls_token_endpoint) {
+        (Auth::TlsClientAuth, Some(mtls)) => mtls,
+        _ => &discovery.token_endpoint,
     }
 }
 
