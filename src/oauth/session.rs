@@ -115,3 +115,51 @@ fn check_discovered_urls(spec: &RequestSpec, discovery: &Discovery) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(endpoint: &str) -> RequestSpec {
+        let text = format!(
+            "[clients.api]\n{endpoint}\nclient_id = \"api\"\nclient_secret = \"s\"\n\
+             auth_method = \"client_secret_post\"\n\
+             [[clients.api.output]]\npath = \"/run/api.token\"\n"
+        );
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/etc/bearerd/bearerd.toml"),
+            &text,
+            &|_| Err(std::env::VarError::NotPresent),
+        )
+        .expect("valid config");
+        config.clients[0].request.clone()
+    }
+
+    /// The request rate is counted under the host a request goes to: the configured token
+    /// URL, the issuer while nothing is discovered, then the discovered token endpoint.
+    #[test]
+    fn the_next_request_goes_to_the_configured_or_the_discovered_endpoint() {
+        let configured = spec("token_url = \"https://login.example.com/oauth/token\"");
+        let session = Session::new();
+        assert_eq!(
+            session.next_url(&configured).as_str(),
+            "https://login.example.com/oauth/token"
+        );
+
+        let issued = spec("issuer = \"https://idp.example.com/realms/main\"");
+        let mut session = Session::new();
+        assert_eq!(
+            session.next_url(&issued).as_str(),
+            "https://idp.example.com/realms/main"
+        );
+        session.discovery = Some(Discovery {
+            token_endpoint: Url::parse("https://tokens.example.net:8443/token").expect("url"),
+            auth_methods: vec!["client_secret_post".to_owned()],
+            mtls_token_endpoint: Some(Url::parse("https://mtls.example.net/token").expect("url")),
+        });
+        assert_eq!(
+            session.next_url(&issued).as_str(),
+            "https://tokens.example.net:8443/token"
+        );
+    }
+}
