@@ -84,12 +84,12 @@ impl RateLimits {
     }
 
     /// Waits for `host`'s turn, then for `admit` (the place in flight), and only then spends
-    /// the turn, so a request goes at most one interval after the one before it. Turns are
+    /// the turn, so a request goes at least one interval after the one before it. Turns are
     /// first come, first served per host; a caller dropped while it waits spends nothing.
     /// Without a limit, this is `admit`.
     pub(crate) async fn paced<T>(
         &self,
-        host: &str,
+        host: String,
         clock: &Clock,
         admit: impl Future<Output = T>,
     ) -> T {
@@ -100,7 +100,7 @@ impl RateLimits {
             self.hosts
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .entry(host.to_owned())
+                .entry(host.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Bucket::new(per_second)))),
         );
         // tokio's mutex queues its waiters in order: the host's clients take turns.
@@ -108,7 +108,7 @@ impl RateLimits {
         let wait = bucket.wait(Instant::now());
         if !wait.is_zero() {
             tracing::debug!(
-                host,
+                %host,
                 wait = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
                 "waiting for the request rate (max_requests_per_second)"
             );

@@ -288,13 +288,11 @@ impl Worker {
             // ever adds to that wait.
             let permits = Arc::clone(&self.context.permits);
             let host = rate::host_of(self.session.next_url(&self.spec.request));
-            let Ok(_in_flight) = Box::pin(self.context.rate.paced(
-                &host,
-                &self.context.clock,
-                permits.acquire(),
-            ))
-            .await
-            else {
+            let paced = self
+                .context
+                .rate
+                .paced(host, &self.context.clock, permits.acquire());
+            let Ok(_in_flight) = Box::pin(paced).await else {
                 return Err("shutting down".to_owned());
             };
             let (fetched, latency) = self.fetch(&mut progress).await;
