@@ -29,9 +29,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::client::{
-    Auth, ClientName, ClientSpec, Endpoint, OnExpiry, OnRefresh, RequestSpec, SecretMethod,
-    SecretSource, TlsIdentity, TlsSettings,
+    Auth, ClientName, ClientSpec, Endpoint, Grant, JwtAssertion, OnExpiry, OnRefresh, RequestSpec,
+    SecretMethod, SecretSource, TlsIdentity, TlsSettings, TypedTokenFile,
 };
+pub(crate) use self::client::{JWT_BEARER_ASSERTION_TYPE, JWT_TOKEN_TYPE};
 pub use self::diagnostic::{ConfigError, Diagnostic, SHOWN_PROBLEMS};
 pub(crate) use self::url::{check_url_scheme, display_url};
 
@@ -96,8 +97,19 @@ impl Config {
                     secret: SecretSource::File { path, .. },
                     ..
                 } => files.push(path.clone()),
+                Auth::ClientSecretJwt {
+                    secret: SecretSource::File { path, .. },
+                    ..
+                } => files.push(path.clone()),
                 Auth::PrivateKeyJwt { key_file, .. } => files.push(key_file.clone()),
-                Auth::Secret { .. } | Auth::TlsClientAuth => {}
+                Auth::Secret { .. }
+                | Auth::ClientSecretJwt { .. }
+                | Auth::TlsClientAuth
+                | Auth::ClientAssertion { .. }
+                | Auth::Public => {}
+            }
+            if let Grant::JwtBearer(JwtAssertion::Signed { key_file, .. }) = &client.request.grant {
+                files.push(key_file.clone());
             }
             if let Some(identity) = &client.request.tls.identity {
                 files.push(identity.key_file.clone());
@@ -106,9 +118,27 @@ impl Config {
         files
     }
 
-    /// Every file whose change should trigger a reload: the config and the files it names.
+    /// The token files clients read at every request (assertions, subject and actor tokens):
+    /// watched, but a change retries the clients waiting on them instead of reloading.
+    /// Not in [`Config::credential_files`]: short-lived and audience-bound, they are often
+    /// readable by others by design (a projected volume), so no permission warning.
+    pub(crate) fn token_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .clients
+            .iter()
+            .flat_map(|client| client.request.token_files())
+            .map(|(_, path)| path.to_path_buf())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// Every file whose change should trigger a reload, or (token files) a retry: the config
+    /// and the files it names.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = self.credential_files();
+        files.extend(self.token_files());
         for client in &self.clients {
             if let Some(identity) = &client.request.tls.identity {
                 files.push(identity.cert_file.clone());

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::credentials::Credentials;
 use super::discovery::{Discovery, discover};
 use super::error::FetchError;
+use super::grant::GrantRequest;
 use super::http::HttpClients;
 use super::request::{TokenRequest, request_token};
 use crate::clock::Clock;
@@ -62,16 +63,20 @@ impl Session {
                 (url, Some(discovery.auth_methods))
             }
         };
-        let credentials = Credentials::current(spec, discovered_methods.as_deref(), &token_url)?;
+        let now = clock.now();
+        // Token files are read here, for this request only, and checked against `now`.
+        let credentials =
+            Credentials::current(spec, discovered_methods.as_deref(), &token_url, now)?;
+        let grant = GrantRequest::current(&spec.grant, &spec.client_id, &token_url, now)?;
         let request = TokenRequest {
             token_url: &token_url,
             client_id: &spec.client_id,
             credentials,
+            grant,
             audience: spec.audience.as_deref(),
             scope: spec.scope.as_deref(),
             extra_params: &spec.extra_params,
         };
-        let now = clock.now();
         let result = request_token(&http, &request, now, default_lifetime).await;
         if let Err(error) = &result
             && error.endpoint_unreachable()
