@@ -130,6 +130,8 @@ for (const method of extraAuthMethods) {
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 const exchange = config.token_exchange ?? null;
+// The claims a token exchange adds to the token it issues (`act`), by token.
+const exchangeClaims = new WeakMap();
 if (exchange && (typeof exchange.issuer !== 'string' || !exchange.audience || !exchange.jwks)) {
   fail('"token_exchange" needs "issuer", "audience" and "jwks"');
 }
@@ -314,6 +316,8 @@ const provider = new Provider(issuer, {
       },
     },
   },
+  // oidc-provider sets a token's extra claims from here when it is saved.
+  extraTokenClaims: async (ctx, token) => exchangeClaims.get(token),
   ttl: {
     // Without a resource server (default_resource: null) the lifetime comes from here.
     ClientCredentials: (ctx, token, client) => token.resourceServer?.accessTokenTTL
@@ -393,8 +397,8 @@ if (exchange) {
       accountId: String(subject.sub),
       gty: 'token_exchange',
       scope: requested.join(' ') || undefined,
-      extra: actor ? { act: { sub: actor.sub } } : undefined,
     });
+    if (actor) exchangeClaims.set(token, { act: { sub: actor.sub } });
     token.resourceServer = new provider.ResourceServer(identifier, info);
     ctx.oidc.entity('AccessToken', token);
     const value = await token.save();
