@@ -715,3 +715,44 @@ async fn jwt_bearer_with_an_assertion_file_and_with_an_assertion_bearerd_signs()
         .collect();
     assert_eq!(file_jtis, [&json!("sa-1"), &json!("sa-2")], "{stats}");
 }
+
+/// The ```toml snippets of docs/compatibility.md's "Without a long-lived secret" section, each
+/// given an output, pass `bearerd check` with the method or grant they are there to show.
+#[test]
+fn the_secretless_snippets_of_the_compatibility_guide_pass_check() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/compatibility.md"),
+    )
+    .expect("read docs/compatibility.md");
+    let start = guide
+        .find("## Without a long-lived secret")
+        .expect("the section");
+    let section = &guide[start..];
+    let section = &section[..section[3..]
+        .find("\n## ")
+        .map_or(section.len(), |end| end + 3)];
+    let snippets: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("```").map(|(snippet, _)| snippet))
+        .collect();
+    assert!(snippets.len() >= 4, "{} snippets", snippets.len());
+    let harness = Harness::new();
+    for (i, snippet) in snippets.iter().enumerate() {
+        let name = snippet
+            .lines()
+            .find_map(|line| line.strip_prefix("[clients.")?.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("a client table in:\n{snippet}"));
+        let text = format!(
+            "{snippet}\n[[clients.{name}.output]]\npath = \"{}\"\n",
+            harness.path(&format!("{name}.token")).display()
+        );
+        let config = harness.write(&format!("snippet-{i}.toml"), &text);
+        let report = succeed(bearerd(&harness, &config, &["check"]), String::new);
+        let shown = ["client_assertion", "token_exchange", "jwt_bearer"];
+        assert!(
+            shown.iter().any(|what| report.contains(what)),
+            "{report}\n{text}"
+        );
+    }
+}
