@@ -128,6 +128,8 @@ pub(crate) enum Report {
         retry_at: SystemTime,
         /// How long the attempt's request took.
         latency: Duration,
+        /// Nothing was sent: a token file was unusable (`message` names it and says why).
+        token_file: bool,
     },
     /// The token on disk has expired and no new one came.
     Expired { client: ClientName },
@@ -154,6 +156,8 @@ pub(crate) struct Reporter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Command {
     RefreshNow,
+    /// A token file this client reads changed: if the last attempt failed, retry now.
+    TokenFileChanged,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
     ClockChanged,
 }
@@ -347,6 +351,12 @@ impl Worker {
                 () = clock.sleep_until(wake) => {}
                 command = commands.recv() => match command {
                     Some(Command::RefreshNow) => progress.refresh_requested(clock),
+                    // A healthy client keeps its token: the next refresh reads the new file.
+                    Some(Command::TokenFileChanged) if progress.last_error.is_some() => {
+                        info!("a token file changed; retrying");
+                        progress.refresh_requested(clock);
+                    }
+                    Some(Command::TokenFileChanged) => {}
                     Some(Command::ClockChanged) => {
                         debug!("clock changed; re-checking deadlines");
                         progress.clock_changed(clock);
@@ -470,6 +480,7 @@ impl Worker {
             at: now,
             retry_at: progress.due,
             latency,
+            token_file: failed.token_file,
         });
     }
 
@@ -511,6 +522,8 @@ struct FailedAttempt {
     failure: Failure,
     retry_after: Option<Duration>,
     message: String,
+    /// A token file was unusable, so nothing was sent.
+    token_file: bool,
 }
 
 impl FailedAttempt {
@@ -523,6 +536,7 @@ impl FailedAttempt {
             },
             retry_after: error.retry_after(),
             message: error.to_string(),
+            token_file: error.is_token_file(),
         }
     }
 
@@ -533,6 +547,7 @@ impl FailedAttempt {
             failure: Failure::Transient,
             retry_after: None,
             message,
+            token_file: false,
         }
     }
 }
@@ -679,6 +694,7 @@ mod tests {
             scope: None,
             issued_at,
             expires_at: issued_at + Duration::from_secs(3600),
+            issued_token_type: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
