@@ -360,6 +360,14 @@ fn an_expired_client_assertion_is_never_sent_and_a_fresh_one_is_taken_at_once() 
     let ready = http_get(&address, "/readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("k8s"), "{}", ready.body);
+    let unusable = "bearerd_token_file_unusable{client=\"k8s\"} 1";
+    assert!(
+        wait_until(DEADLINE, || http_get(&address, "/metrics")
+            .body
+            .contains(unusable)),
+        "{}",
+        http_get(&address, "/metrics").body
+    );
     assert_eq!(
         block_on(idp.token_requests()),
         0,
@@ -441,7 +449,9 @@ async fn token_exchange_trades_a_subject_token_file_as_a_public_and_a_confidenti
             .scope("tasks:read")
     };
     let clients = [
-        exchange("public", "public-sts").auth_method("none"),
+        exchange("public", "public-sts")
+            .auth_method("none")
+            .output_as(harness.path("public.json"), "json"),
         exchange("confidential", "confidential-sts").secret(ODD_SECRET),
         exchange("delegated", "confidential-sts")
             .secret(ODD_SECRET)
@@ -473,6 +483,12 @@ async fn token_exchange_trades_a_subject_token_file_as_a_public_and_a_confidenti
         };
         assert_eq!(claims["act"], actor, "{name}: {claims}");
     }
+    // RFC 8693's issued_token_type is kept: the json output shows it.
+    let document: Value = serde_json::from_str(&harness.read("public.json")).expect("JSON");
+    assert_eq!(
+        document["issued_token_type"], ACCESS_TOKEN_TYPE,
+        "{document}"
+    );
     let stats = idp.stats().await;
     assert_eq!(
         stats["subject_tokens"].as_array().map(Vec::len),
