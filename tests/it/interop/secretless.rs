@@ -144,11 +144,8 @@ impl ProjectedVolume {
 /// What oidc-provider's `/__test/stats` recorded of the client assertions it was sent: each
 /// `(jti, accepted)`, in order.
 async fn assertions_seen(idp: &OidcProvider) -> Vec<(String, bool)> {
-    seen(&idp.stats().await["assertions"])
-}
-
-fn seen(list: &Value) -> Vec<(String, bool)> {
-    list.as_array()
+    idp.stats().await["assertions"]
+        .as_array()
         .expect("a list")
         .iter()
         .map(|entry| {
@@ -160,7 +157,8 @@ fn seen(list: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn poll_async<T>(deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+/// The first `Some` that `probe` gives within `deadline`.
+fn poll_for<T>(deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let mut found = None;
     wait_until(deadline, || {
         found = probe();
@@ -293,7 +291,7 @@ fn a_client_assertion_rotated_by_a_data_swap_is_the_one_the_next_request_carries
     let daemon = Daemon::start_with(bearerd(&harness, &config, &["run"]));
 
     let read_token = || std::fs::read_to_string(harness.path("k8s.token")).ok();
-    let first = poll_async(DEADLINE, read_token).unwrap_or_else(|| {
+    let first = poll_for(DEADLINE, read_token).unwrap_or_else(|| {
         panic!(
             "no token\n--- bearerd ---\n{}\n--- server ---\n{}",
             daemon.log(),
@@ -310,8 +308,8 @@ fn a_client_assertion_rotated_by_a_data_swap_is_the_one_the_next_request_carries
     for (round, jti) in ["second", "third"].into_iter().enumerate() {
         volume.write(&assertion(jti));
         daemon.signal(rustix::process::Signal::USR1);
-        let fresh = poll_async(DEADLINE, || read_token().filter(|t| *t != previous))
-            .unwrap_or_else(|| {
+        let fresh =
+            poll_for(DEADLINE, || read_token().filter(|t| *t != previous)).unwrap_or_else(|| {
                 panic!(
                     "no new token after swap {}\n--- bearerd ---\n{}\n--- server ---\n{}",
                     round + 1,
@@ -375,7 +373,7 @@ fn an_expired_client_assertion_is_never_sent_and_a_fresh_one_is_taken_at_once() 
     );
 
     volume.write(&key.token("k8s-bot", "k8s-bot", &idp.token_endpoint, "fresh", 600));
-    let token = poll_async(DEADLINE, || {
+    let token = poll_for(DEADLINE, || {
         std::fs::read_to_string(harness.path("k8s.token")).ok()
     })
     .unwrap_or_else(|| {
