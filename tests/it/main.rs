@@ -22,4 +22,5 @@ mod manifests;
 mod oidc;
 mod ops;
 mod properties;
+mod secretless;
 mod token;

@@ -103,6 +103,8 @@ impl Checker<'_> {
             }
             // The assertion is the credential (RFC 7523 §2.1: client authentication optional).
             None if matches!(grant, Some(Grant::JwtBearer(_))) => AuthMethod::Public,
+            // The grant is invalid, and its error says so; what it would need is unknown.
+            None if grant.is_none() => return None,
             None => {
                 let more = if matches!(grant, Some(Grant::ClientCredentials) | None) {
                     ""
