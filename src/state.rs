@@ -274,6 +274,45 @@ mod tests {
         );
     }
 
+    /// A client assertion the kubelet rotates keeps the saved token (the file's path is in
+    /// the fingerprint, its content is not), and the issued token type survives a restart.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
+    fn a_rotated_token_file_keeps_the_saved_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let assertion = dir.path().join("token");
+        std::fs::write(&assertion, "first.assertion.x").expect("write");
+        let text = format!(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             auth_method = \"client_assertion\"\nclient_assertion_file = {:?}\n\
+             [[clients.api.output]]\npath = {:?}\n",
+            assertion.display().to_string(),
+            dir.path().join("api.token").display().to_string()
+        );
+        let parse = |text: &str| {
+            crate::config::Config::parse(&dir.path().join("bearerd.toml"), text, &|_| {
+                Err(std::env::VarError::NotPresent)
+            })
+            .expect("valid config")
+            .clients
+            .remove(0)
+        };
+        let spec = parse(&text);
+        let path = dir.path().join("state.json");
+        let mut token = crate::token::sample("abc.def", None, 4_000_000_000);
+        token.issued_token_type = Some("urn:ietf:params:oauth:token-type:access_token".into());
+        save(&path, &spec, &token).expect("save");
+        std::fs::write(&assertion, "second.assertion.y").expect("rotate");
+        assert_eq!(load(&path, &spec), Some(token));
+        let elsewhere = parse(&text.replace("/token\"\n[[", "/other\"\n[["));
+        assert_ne!(elsewhere.request, spec.request);
+        assert_eq!(
+            load(&path, &elsewhere),
+            None,
+            "another file is another identity"
+        );
+    }
+
     #[test]
     fn one_holder_at_a_time_and_a_dropped_lock_is_free() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -404,10 +404,18 @@ mod tests {
         request: &reqwest::Request,
         verify: impl Fn(&[u8], &[u8]) -> bool,
     ) -> (Value, Value) {
+        assertion_of_with(request, verify, "tasklist.camunda.io")
+    }
+
+    fn assertion_of_with(
+        request: &reqwest::Request,
+        verify: impl Fn(&[u8], &[u8]) -> bool,
+        audience: &str,
+    ) -> (Value, Value) {
         let form = form(request);
         assert_eq!(form["client_assertion_type"], ASSERTION_TYPE);
         assert_eq!(form["client_id"], "my client:1");
-        assert_eq!(form["audience"], "tasklist.camunda.io");
+        assert_eq!(form["audience"], audience);
         let assertion = &form["client_assertion"];
         let parts: Vec<&str> = assertion.split('.').collect();
         assert_eq!(parts.len(), 3);
@@ -501,6 +509,106 @@ mod tests {
             assert_ne!(first["jti"], second["jti"]);
             assert!(first["jti"].as_str().is_some_and(|jti| jti.len() >= 16));
         }
+    }
+
+    fn wire_with(credentials: Credentials, grant: GrantRequest) -> Built {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::from([("resource".to_owned(), "https://api/x".to_owned())]);
+        let request = TokenRequest {
+            token_url: &url,
+            client_id: "my client:1",
+            credentials,
+            grant,
+            audience: Some("aud"),
+            scope: None,
+            extra_params: &extra,
+        };
+        build_request(&bare(), &request, now()).expect("request")
+    }
+
+    #[test]
+    fn client_secret_jwt_signs_hs256_with_the_secret_and_a_fresh_jti() {
+        let credentials = || Credentials::SecretJwt {
+            secret: Secret::new("shared secret"),
+            assertion_audience: "https://idp.example.com/token".into(),
+        };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"shared secret");
+        let verify =
+            |message: &[u8], signature: &[u8]| ring::hmac::verify(&key, message, signature).is_ok();
+        let first = wire_with(credentials(), GrantRequest::ClientCredentials);
+        let (header, claims) = assertion_of_with(&first.request, verify, "aud");
+        assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        assert_eq!(claims["iss"], "my client:1");
+        assert_eq!(claims["sub"], "my client:1");
+        assert_eq!(claims["aud"], "https://idp.example.com/token");
+        assert_eq!(claims["exp"], 1_700_000_060);
+        assert!(!form(&first.request).contains_key("client_secret"));
+        let second = wire_with(credentials(), GrantRequest::ClientCredentials);
+        let (_, again) = assertion_of_with(&second.request, verify, "aud");
+        assert_ne!(claims["jti"], again["jti"]);
+        // The assertion and the secret itself are what an error must never quote.
+        let assertion = form(&first.request)["client_assertion"].clone();
+        assert!(first.echoable.contains(&assertion));
+        assert!(first.echoable.contains(&"shared secret".to_owned()));
+    }
+
+    #[test]
+    fn token_exchange_and_a_public_client_send_exactly_their_parameters() {
+        let built = wire_with(
+            Credentials::Public,
+            GrantRequest::TokenExchange {
+                subject_token: Secret::new("subject.jwt.x"),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                actor: Some((Secret::new("actor-opaque"), "urn:x:actor".into())),
+                requested_token_type: Some("urn:ietf:params:oauth:token-type:access_token".into()),
+            },
+        );
+        assert_eq!(header(&built.request, "authorization"), None);
+        assert_eq!(
+            body_text(&built.request),
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+             &subject_token=subject.jwt.x\
+             &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt\
+             &actor_token=actor-opaque&actor_token_type=urn%3Ax%3Aactor\
+             &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &client_id=my+client%3A1&audience=aud&resource=https%3A%2F%2Fapi%2Fx"
+        );
+        for sent in ["subject.jwt.x", "actor-opaque"] {
+            assert!(built.echoable.contains(&sent.to_owned()), "{sent}");
+        }
+    }
+
+    #[test]
+    fn a_client_assertion_and_a_jwt_bearer_grant_are_sent_as_read() {
+        let built = wire_with(
+            Credentials::ClientAssertion {
+                assertion: Secret::new("client.assertion.sig"),
+                assertion_type: "urn:example:custom".into(),
+            },
+            GrantRequest::JwtBearer(BearerAssertion::Read(Secret::new("grant.assertion.sig"))),
+        );
+        let form = form(&built.request);
+        assert_eq!(
+            form,
+            BTreeMap::from([
+                (
+                    "grant_type".to_owned(),
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned()
+                ),
+                ("assertion".to_owned(), "grant.assertion.sig".to_owned()),
+                ("client_id".to_owned(), "my client:1".to_owned()),
+                (
+                    "client_assertion_type".to_owned(),
+                    "urn:example:custom".to_owned()
+                ),
+                (
+                    "client_assertion".to_owned(),
+                    "client.assertion.sig".to_owned()
+                ),
+                ("audience".to_owned(), "aud".to_owned()),
+                ("resource".to_owned(), "https://api/x".to_owned()),
+            ])
+        );
     }
 
     #[test]

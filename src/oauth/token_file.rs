@@ -59,7 +59,9 @@ pub(super) fn read(path: &Path, kind: files::Kind, now: SystemTime) -> Result<Se
             )));
         }
     }
-    Ok(Secret::new(token))
+    let token = Secret::new(token);
+    tracing::debug!(path = %path.display(), token = %token.fingerprint(), "read {}", kind.name());
+    Ok(token)
 }
 
 /// A compact JWS's claims, if `token` is one (three base64url parts, a JSON object inside).

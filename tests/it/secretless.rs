@@ -435,7 +435,7 @@ fn a_server_that_echoes_a_credential_gets_none_of_them_into_an_error_or_the_log(
         Client::new(name)
             .token_url(&idp.token_url())
             .client_id(name)
-            .output(&format!("tokens/{name}.token"))
+            .output(format!("tokens/{name}.token"))
     };
     harness.write_config(
         &Config::new().clients([
