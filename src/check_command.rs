@@ -21,10 +21,16 @@ pub(crate) fn report(config: &Config) -> String {
     let agent = &config.agent;
     let _ = writeln!(
         out,
-        "agent: refresh_at {}, http_timeout {}, max_concurrent_requests {}, listen {}",
+        "agent: refresh_at {}, http_timeout {}, max_concurrent_requests {}, \
+         max_requests_per_second {}, listen {}",
         agent.refresh_at,
         humantime::format_duration(agent.http_timeout),
         agent.max_concurrent_requests,
+        agent
+            .max_requests_per_second
+            .map_or("off".to_owned(), |rate| format!(
+                "{rate} per token endpoint host"
+            )),
         agent
             .listen
             .map_or("off".to_owned(), |address| address.to_string()),

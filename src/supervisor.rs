@@ -171,7 +171,6 @@ pub(crate) enum Notice {
 /// stand-ins); returns after `Event::Shutdown` or when `events` closes, with no task left.
 pub(crate) struct Supervisor {
     config: Config,
-    clock: Clock,
     context: Arc<WorkerContext>,
     workers: HashMap<ClientName, Running>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
@@ -201,11 +200,10 @@ impl Supervisor {
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Self {
         let (reports_tx, reports) = mpsc::unbounded_channel();
-        let context = WorkerContext::new(config.agent.clone(), clock.clone());
+        let context = WorkerContext::new(config.agent.clone(), clock);
         let (watched_files, _) = watch::channel(config.watched_files());
         Self {
             context,
-            clock,
             workers: HashMap::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
@@ -436,7 +434,7 @@ impl Supervisor {
                     warn!("a change of [agent] listen takes effect at the next restart");
                 }
                 if self.config.agent != new.agent {
-                    self.context = WorkerContext::new(new.agent.clone(), self.clock.clone());
+                    self.context = self.context.renewed(new.agent.clone());
                 } else {
                     // Certificates, keys and CA files may have changed in place.
                     self.context.http.forget();

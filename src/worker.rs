@@ -13,25 +13,46 @@ use crate::config::{Agent, ClientName, ClientSpec, OnExpiry};
 use crate::hooks;
 use crate::oauth::{FetchError, HttpClients, Session};
 use crate::output;
+use crate::rate::{self, RateLimits};
 use crate::schedule::{self, Backoff, Failure};
 use crate::state;
 use crate::token::Token;
 
 /// What every worker of one configuration uses besides its own client: agent settings, the
-/// clock, the bound on requests in flight, and HTTP clients (one per distinct TLS setting, so
-/// connection pools and root stores are shared). A change of `[agent]` makes a new one.
+/// clock, the bound on requests in flight, the request rate per host, and HTTP clients (one
+/// per distinct TLS setting, so connection pools and root stores are shared). A change of
+/// `[agent]` makes a new one ([`WorkerContext::renewed`]).
 pub(crate) struct WorkerContext {
     agent: Agent,
     clock: Clock,
     permits: Arc<Semaphore>,
+    rate: Arc<RateLimits>,
     pub(crate) http: HttpClients,
 }
 
 impl WorkerContext {
     pub(crate) fn new(agent: Agent, clock: Clock) -> Arc<Self> {
+        let rate = RateLimits::new(agent.max_requests_per_second);
+        Self::with_rate(agent, clock, rate)
+    }
+
+    /// The context for a changed `[agent]`: new but for the request rate's buckets, kept
+    /// while `max_requests_per_second` is unchanged, so that a reload (which restarts every
+    /// worker) cannot let a host's next request go early.
+    pub(crate) fn renewed(&self, agent: Agent) -> Arc<Self> {
+        let rate = if self.rate.per_second() == agent.max_requests_per_second {
+            Arc::clone(&self.rate)
+        } else {
+            RateLimits::new(agent.max_requests_per_second)
+        };
+        Self::with_rate(agent, self.clock.clone(), rate)
+    }
+
+    fn with_rate(agent: Agent, clock: Clock, rate: Arc<RateLimits>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
             http: HttpClients::new(agent.http_timeout),
+            rate,
             agent,
             clock,
         })
@@ -268,9 +289,17 @@ impl Worker {
         }
         loop {
             self.wait_until_due(&mut progress, commands).await;
-            // The place in flight is held until this attempt's files and state are written.
+            // The place in flight is held until this attempt's files and state are written. It
+            // is taken once the host's request rate allows a request (every attempt spends a
+            // turn, failed ones too), and after the backoff and any Retry-After: the rate only
+            // ever adds to that wait.
             let permits = Arc::clone(&self.context.permits);
-            let Ok(_in_flight) = permits.acquire().await else {
+            let host = rate::host_of(self.session.next_url(&self.spec.request));
+            let paced = self
+                .context
+                .rate
+                .paced(host, &self.context.clock, permits.acquire());
+            let Ok(_in_flight) = Box::pin(paced).await else {
                 return Err("shutting down".to_owned());
             };
             let (fetched, latency) = self.fetch(&mut progress).await;
@@ -685,6 +714,29 @@ mod tests {
         // Later requests still join the one waiting.
         progress.refresh_requested(&clock);
         assert!(progress.refresh_waiting);
+    }
+
+    /// A reload that changes `[agent]` but not `max_requests_per_second` keeps the hosts'
+    /// buckets (their next turns), so restarted workers cannot send early; a new rate starts
+    /// new buckets.
+    #[test]
+    fn the_request_rate_outlives_an_agent_change_that_leaves_it_alone() {
+        let limited = Agent {
+            max_requests_per_second: Some(2.0),
+            ..Agent::default()
+        };
+        let context = WorkerContext::new(limited.clone(), Clock::system());
+        let renewed = context.renewed(Agent {
+            refresh_at: 0.5,
+            ..limited.clone()
+        });
+        assert!(Arc::ptr_eq(&context.rate, &renewed.rate));
+        let faster = renewed.renewed(Agent {
+            max_requests_per_second: Some(4.0),
+            ..limited
+        });
+        assert!(!Arc::ptr_eq(&renewed.rate, &faster.rate));
+        assert_eq!(faster.rate.per_second(), Some(4.0));
     }
 
     /// A worker aborted (a reload, SIGTERM) once its token files are being written still saves

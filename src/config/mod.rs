@@ -57,6 +57,8 @@ pub struct Agent {
     pub log_format: LogFormat,
     pub(crate) http_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
+    /// Token requests per second to each token endpoint host (0.001 to 10,000); `None`: no limit.
+    pub(crate) max_requests_per_second: Option<f64>,
     /// Lifetime assumed when a response has neither `expires_in` nor a JWT `exp`.
     pub(crate) default_lifetime: Duration,
     pub(crate) backoff_min: Duration,
@@ -73,6 +75,7 @@ impl Default for Agent {
             log_format: LogFormat::Text,
             http_timeout: Duration::from_secs(10),
             max_concurrent_requests: 4,
+            max_requests_per_second: None,
             default_lifetime: Duration::from_secs(300),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
@@ -168,6 +171,30 @@ mod tests {
     use super::*;
     use crate::output::Format;
     use crate::secret::Secret;
+
+    #[test]
+    fn the_request_rate_is_off_unless_set_and_takes_whole_numbers_and_fractions() {
+        let base = TASKLIST.replace("max_concurrent_requests = 2", "");
+        let rate = |line: &str| {
+            parse(&base.replace("[agent]", &format!("[agent]\n{line}")))
+                .expect("valid")
+                .agent
+                .max_requests_per_second
+        };
+        assert_eq!(rate(""), None);
+        assert_eq!(rate("max_requests_per_second = 2"), Some(2.0));
+        assert_eq!(rate("max_requests_per_second = 0.5"), Some(0.5));
+        for bad in ["0", "-1", "0.0001", "20000", "nan", "inf"] {
+            let lines = errors(&base.replace(
+                "[agent]",
+                &format!("[agent]\nmax_requests_per_second = {bad}"),
+            ));
+            assert!(
+                lines.len() == 1 && lines[0].contains("agent.max_requests_per_second: expected"),
+                "{bad}: {lines:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_full_config_parses_into_typed_settings() {

@@ -19,7 +19,9 @@ use super::credentials::{Credentials, basic_authorization};
 use super::error::FetchError;
 use super::grant::{BearerAssertion, GrantRequest};
 use super::http::{cause, read_response, request_failed};
-use super::jwt::{ASSERTION_TYPE, client_assertion, secret_assertion, signed_assertion};
+use super::jwt::{
+    ASSERTION_TYPE, GrantClaims, client_assertion, grant_assertion, secret_assertion,
+};
 use super::response::{parse_response, redact_bytes};
 use crate::config::display_url;
 use crate::secret::Secret;
@@ -202,10 +204,17 @@ fn build_request(
                     issuer,
                     subject,
                     audience,
-                } => signed_assertion(key_pem, key_id.as_deref(), issuer, subject, audience, now)
-                    .map_err(|message| {
-                    FetchError::permanent(format!("jwt_bearer assertion: {message}"))
-                })?,
+                } => {
+                    let claims = GrantClaims {
+                        issuer,
+                        subject,
+                        audience,
+                        scope: request.scope,
+                    };
+                    grant_assertion(key_pem, key_id.as_deref(), &claims, now).map_err(
+                        |message| FetchError::permanent(format!("jwt_bearer assertion: {message}")),
+                    )?
+                }
             };
             params.push(("assertion", assertion.expose().to_owned()));
             sensitive.push(assertion);
@@ -655,6 +664,44 @@ mod tests {
                 ("resource".to_owned(), "https://api/x".to_owned()),
             ])
         );
+    }
+
+    /// Google's token endpoint reads the scopes of a service-account grant from the assertion.
+    #[test]
+    fn a_signed_jwt_bearer_grant_carries_its_scope_as_a_claim() {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::new();
+        let grant = |scope| TokenRequest {
+            token_url: &url,
+            client_id: "sa@project.iam.gserviceaccount.com",
+            credentials: Credentials::Public,
+            grant: GrantRequest::JwtBearer(BearerAssertion::Sign {
+                key_pem: Secret::new(EC_SEC1),
+                key_id: Some("k1".into()),
+                issuer: "sa@project.iam.gserviceaccount.com".into(),
+                subject: "sa@project.iam.gserviceaccount.com".into(),
+                audience: "https://oauth2.googleapis.com/token".into(),
+            }),
+            audience: None,
+            scope,
+            extra_params: &extra,
+        };
+        let claims_of = |request: &TokenRequest<'_>| -> Value {
+            let built = build_request(&bare(), request, now()).expect("request");
+            let assertion = form(&built.request)["assertion"].clone();
+            let payload = assertion.split('.').nth(1).expect("a JWS").to_owned();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
+                .expect("claims")
+        };
+        let scoped = claims_of(&grant(Some(
+            "https://www.googleapis.com/auth/cloud-platform",
+        )));
+        assert_eq!(
+            scoped["scope"],
+            "https://www.googleapis.com/auth/cloud-platform"
+        );
+        assert_eq!(scoped["aud"], "https://oauth2.googleapis.com/token");
+        assert!(claims_of(&grant(None)).get("scope").is_none());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use url::Url;
+
 use super::credentials::Credentials;
 use super::discovery::{Discovery, discover};
 use super::error::FetchError;
@@ -27,6 +29,17 @@ impl Session {
     /// A session that has discovered nothing yet.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Where the next request for `spec` goes: the configured or the discovered token
+    /// endpoint, or, before discovery, the issuer (whose discovery document is fetched first
+    /// and is then followed at once by the token request).
+    pub(crate) fn next_url<'a>(&'a self, spec: &'a RequestSpec) -> &'a Url {
+        match (&spec.endpoint, &self.discovery) {
+            (Endpoint::TokenUrl(url), _) => url,
+            (Endpoint::Issuer(_), Some(discovery)) => token_endpoint(spec, discovery),
+            (Endpoint::Issuer(issuer), None) => issuer,
+        }
     }
 
     /// One token request for `spec` (after discovery, when it names an issuer), over the HTTP
@@ -56,10 +69,7 @@ impl Session {
                         discovery
                     }
                 };
-                let url = match (&spec.auth, &discovery.mtls_token_endpoint) {
-                    (Auth::TlsClientAuth, Some(mtls)) => mtls.clone(),
-                    _ => discovery.token_endpoint.clone(),
-                };
+                let url = token_endpoint(spec, &discovery).clone();
                 (url, Some(discovery.auth_methods))
             }
         };
@@ -87,6 +97,15 @@ impl Session {
     }
 }
 
+/// The discovered endpoint `spec` posts to: the mTLS alias for `tls_client_auth` when there
+/// is one, else the token endpoint.
+fn token_endpoint<'a>(spec: &RequestSpec, discovery: &'a Discovery) -> &'a Url {
+    match (&spec.auth, &discovery.mtls_token_endpoint) {
+        (Auth::TlsClientAuth, Some(mtls)) => mtls,
+        _ => &discovery.token_endpoint,
+    }
+}
+
 /// A discovered URL this client will post to must pass the check a configured `token_url`
 /// passes: `https`, unless loopback or `allow_insecure_http`. The mTLS alias is used (and so
 /// checked) only by `tls_client_auth` clients.
@@ -100,4 +119,52 @@ fn check_discovered_urls(spec: &RequestSpec, discovery: &Discovery) -> Result<()
             .map_err(|message| FetchError::permanent(format!("discovered {name}: {message}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(endpoint: &str) -> RequestSpec {
+        let text = format!(
+            "[clients.api]\n{endpoint}\nclient_id = \"api\"\nclient_secret = \"s\"\n\
+             auth_method = \"client_secret_post\"\n\
+             [[clients.api.output]]\npath = \"/run/api.token\"\n"
+        );
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/etc/bearerd/bearerd.toml"),
+            &text,
+            &|_| Err(std::env::VarError::NotPresent),
+        )
+        .expect("valid config");
+        config.clients[0].request.clone()
+    }
+
+    /// The request rate is counted under the host a request goes to: the configured token
+    /// URL, the issuer while nothing is discovered, then the discovered token endpoint.
+    #[test]
+    fn the_next_request_goes_to_the_configured_or_the_discovered_endpoint() {
+        let configured = spec("token_url = \"https://login.example.com/oauth/token\"");
+        let session = Session::new();
+        assert_eq!(
+            session.next_url(&configured).as_str(),
+            "https://login.example.com/oauth/token"
+        );
+
+        let issued = spec("issuer = \"https://idp.example.com/realms/main\"");
+        let mut session = Session::new();
+        assert_eq!(
+            session.next_url(&issued).as_str(),
+            "https://idp.example.com/realms/main"
+        );
+        session.discovery = Some(Discovery {
+            token_endpoint: Url::parse("https://tokens.example.net:8443/token").expect("url"),
+            auth_methods: vec!["client_secret_post".to_owned()],
+            mtls_token_endpoint: Some(Url::parse("https://mtls.example.net/token").expect("url")),
+        });
+        assert_eq!(
+            session.next_url(&issued).as_str(),
+            "https://tokens.example.net:8443/token"
+        );
+    }
 }

@@ -116,6 +116,38 @@ pub enum Fault {
     EchoParam(String),
 }
 
+/// A server-side request rate, as authorization servers enforce per source address: a token
+/// bucket of `burst` requests refilled at `per_second`. A token request that finds it empty is
+/// answered `429 Too Many Requests` (with `Retry-After` when set) and takes nothing from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+    pub retry_after: Option<String>,
+}
+
+/// A [`RateLimit`] and how full its bucket is.
+struct Limiter {
+    limit: RateLimit,
+    level: f64,
+    updated: std::time::Instant,
+}
+
+impl Limiter {
+    /// Whether a request arriving at `now` is within the limit (and if so, counts it).
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level + elapsed * self.limit.per_second).min(self.limit.burst);
+        self.updated = now;
+        if self.level >= 1.0 {
+            self.level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// One request as the endpoint received it. Its `Debug` hides the body and credentials.
 #[derive(Clone)]
 pub struct RecordedRequest {
@@ -133,6 +165,8 @@ pub struct RecordedRequest {
     pub auth_method: Option<&'static str>,
     /// For token requests: the client the request authenticated as (or tried to).
     pub client_id: Option<String>,
+    /// Answered 429 by the endpoint's [`RateLimit`].
+    pub rate_limited: bool,
 }
 
 impl RecordedRequest {
@@ -176,6 +210,7 @@ impl fmt::Debug for RecordedRequest {
             .field("received_at", &self.received_at)
             .field("auth_method", &self.auth_method)
             .field("client_id", &self.client_id)
+            .field("rate_limited", &self.rate_limited)
             .finish()
     }
 }
@@ -200,6 +235,7 @@ struct State {
     fault: Fault,
     /// How many more token requests get `fault`; `None`: all of them.
     fault_left: Option<usize>,
+    rate: Option<Limiter>,
     requests: Vec<RecordedRequest>,
 }
 
@@ -311,6 +347,26 @@ impl Idp {
         let mut state = self.shared.lock();
         state.fault = fault;
         state.fault_left = Some(count);
+    }
+
+    /// Limits token requests to `limit` from now on (its bucket starts full); `None` lifts it.
+    /// Requests over it are answered 429 before any fault applies.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.shared.lock().rate = limit.map(|limit| Limiter {
+            level: limit.burst,
+            limit,
+            updated: std::time::Instant::now(),
+        });
+    }
+
+    /// How many token requests the [`RateLimit`] answered 429 so far.
+    pub fn rate_limited_count(&self) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|request| request.rate_limited)
+            .count()
     }
 
     /// Registers (or replaces) a client that authenticates with `secret`.
@@ -442,6 +498,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
         received_at,
         auth_method: None,
         client_id: None,
+        rate_limited: false,
     };
     match (parts.uri.path(), &parts.method) {
         (TOKEN_PATH, &Method::POST) => token(&shared, record).await,
@@ -496,10 +553,23 @@ const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-excha
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 async fn token(shared: &Shared, mut record: RecordedRequest) -> io::Result<Response<Reply>> {
+    let arrived = std::time::Instant::now();
     let outcome = authenticate(shared, &mut record);
     let echoable = record.params();
     let fault = {
         let mut state = shared.lock();
+        if let Some(limiter) = &mut state.rate
+            && !limiter.admit(arrived)
+        {
+            let retry_after = limiter.limit.retry_after.clone();
+            record.rate_limited = true;
+            state.requests.push(record);
+            let mut response = text_reply(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            if let Some(value) = retry_after.and_then(|value| HeaderValue::from_str(&value).ok()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Ok(response);
+        }
         state.requests.push(record);
         let fault = state.fault.clone();
         match &mut state.fault_left {
@@ -1198,6 +1268,49 @@ mod tests {
     }
 
     const GRANT: (&str, &str) = ("grant_type", "client_credentials");
+
+    #[test]
+    fn the_rate_limit_admits_its_burst_then_its_rate() {
+        let start = std::time::Instant::now();
+        let mut limiter = Limiter {
+            limit: RateLimit {
+                per_second: 2.0,
+                burst: 2.0,
+                retry_after: None,
+            },
+            level: 2.0,
+            updated: start,
+        };
+        assert!(limiter.admit(start) && limiter.admit(start));
+        assert!(!limiter.admit(start));
+        assert!(!limiter.admit(start + Duration::from_millis(400)));
+        assert!(limiter.admit(start + Duration::from_millis(500)));
+        // Idle time refills the bucket up to its burst, no further.
+        let later = start + Duration::from_secs(60);
+        assert!(limiter.admit(later) && limiter.admit(later));
+        assert!(!limiter.admit(later));
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_rate_limit_are_answered_429() {
+        let http = http();
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        idp.add_client("a", "s", Duration::from_secs(60));
+        idp.set_rate_limit(Some(RateLimit {
+            per_second: 0.001,
+            burst: 1.0,
+            retry_after: Some("7".into()),
+        }));
+        let (status, _, _) = post(&http, &idp.token_url(), Some(("a", "s")), &[GRANT]).await;
+        assert_eq!(status, 200);
+        let (status, _, headers) = post(&http, &idp.token_url(), Some(("a", "s")), &[GRANT]).await;
+        assert_eq!(status, 429);
+        assert_eq!(headers["retry-after"], "7");
+        assert_eq!(idp.rate_limited_count(), 1);
+        idp.set_rate_limit(None);
+        let (status, _, _) = post(&http, &idp.token_url(), Some(("a", "s")), &[GRANT]).await;
+        assert_eq!(status, 200);
+    }
 
     #[tokio::test]
     async fn issues_tokens_and_records_how_clients_authenticated() {
