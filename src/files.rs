@@ -22,6 +22,11 @@ pub(crate) enum Kind {
     TlsCert,
     CaFile,
     Template,
+    /// A token made by someone else, by the config key that names it: re-read at every use.
+    ClientAssertion,
+    SubjectToken,
+    ActorToken,
+    Assertion,
     /// Any file watched for changes: read to notice a change of content, so the largest cap.
     Watched,
 }
@@ -31,7 +36,7 @@ const MIB: u64 = 1024 * KIB;
 
 impl Kind {
     /// How the file is called in messages: its config key where it has one.
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Config => "config file",
             Self::ClientSecret => "secret file",
@@ -40,6 +45,10 @@ impl Kind {
             Self::TlsCert => "tls_cert_file",
             Self::CaFile => "ca_file",
             Self::Template => "template file",
+            Self::ClientAssertion => "client_assertion_file",
+            Self::SubjectToken => "subject_token_file",
+            Self::ActorToken => "actor_token_file",
+            Self::Assertion => "assertion_file",
             Self::Watched => "watched file",
         }
     }
@@ -50,7 +59,15 @@ impl Kind {
             // 10,000 clients take about 2 MiB; this leaves room for 80,000.
             Self::Config | Self::Watched => 16 * MIB,
             // A secret is a few hundred bytes; an RSA-16384 key in PEM is about 12 KiB.
-            Self::ClientSecret | Self::PrivateKey | Self::TlsKey | Self::Template => 64 * KIB,
+            // A JWT (a projected service-account token, a JWT-SVID) is one or two KiB.
+            Self::ClientSecret
+            | Self::PrivateKey
+            | Self::TlsKey
+            | Self::Template
+            | Self::ClientAssertion
+            | Self::SubjectToken
+            | Self::ActorToken
+            | Self::Assertion => 64 * KIB,
             // Debian's whole CA bundle is about 220 KiB.
             Self::TlsCert | Self::CaFile => 4 * MIB,
         }

@@ -9,6 +9,8 @@
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
 //! - `schedule`: pure timing: refresh deadlines and backoff.
 //! - [`clock`]: the only place that reads the wall clock or sleeps.
+//! - `rate`: `[agent] max_requests_per_second`, a token bucket per token endpoint host (pure
+//!   buckets; the clock sleeps).
 //! - [`output`]: rendering formats (pure) and atomic, durable file writes.
 //! - [`state`]: the per-client state file that lets a restart reuse a valid token, and the lock
 //!   beside it that `token --cached` callers share.
@@ -41,6 +43,7 @@ mod metrics;
 pub mod oauth;
 pub mod output;
 pub mod preflight;
+mod rate;
 mod schedule;
 pub mod secret;
 pub mod state;
@@ -60,7 +63,7 @@ pub use self::token_command::{TokenError, TokenOptions};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::secret::Secret;
-use crate::worker::{Mode, Nudges, Start, Worker, WorkerContext};
+use crate::worker::{Inbox, Mode, Nudges, Start, Worker, WorkerContext};
 
 /// The clients that `run --once` could not serve, each with its last error.
 #[derive(Debug)]
@@ -93,7 +96,11 @@ pub async fn run_once(
     for spec in &config.clients {
         let worker = Worker::new(Arc::clone(spec), Arc::clone(&context), None);
         let name = spec.name.to_string();
-        let run = worker.run(Mode::Once { deadline }, Start::ReuseSaved, nudged.clone());
+        let inbox = Inbox {
+            nudges: nudged.clone(),
+            token_files: None,
+        };
+        let run = worker.run(Mode::Once { deadline }, Start::ReuseSaved, inbox);
         tasks.spawn(async move { (name, run.await) });
     }
     let mut failed = Vec::new();

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{ClientName, Config, ConfigError};
@@ -17,7 +17,7 @@ use crate::events::{Event, ReloadCause};
 use crate::hooks;
 use crate::metrics::{Metrics, RequestResult};
 use crate::preflight;
-use crate::worker::{Mode, Nudges, Origin, Report, Reporter, Start, Worker, WorkerContext};
+use crate::worker::{Inbox, Mode, Nudges, Origin, Report, Reporter, Start, Worker, WorkerContext};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,6 +38,8 @@ struct ClientStatus {
     expires_at: Option<SystemTime>,
     next_refresh: Option<SystemTime>,
     last_error: Option<String>,
+    /// The last attempt sent nothing because a token file was unusable: which and why.
+    token_file_problem: Option<String>,
 }
 
 /// Counts over every [`ClientStatus`]; each entry is counted out before it changes and back in
@@ -153,6 +155,11 @@ impl Status {
             .collect()
     }
 
+    /// Why an unready client's last attempt sent nothing, when a token file was the reason.
+    pub(crate) fn token_file_problem(&self, client: &ClientName) -> Option<&str> {
+        self.clients.get(client)?.token_file_problem.as_deref()
+    }
+
     /// One line for `systemctl status`: "3 clients, 3 fresh, next refresh in 4m".
     pub(crate) fn summary(&self, now: SystemTime) -> String {
         let total = self.clients.len();
@@ -246,6 +253,8 @@ impl Loader {
 struct Running {
     id: u64,
     abort: AbortHandle,
+    /// For a client that reads token files: tells its worker that one changed.
+    token_files: Option<mpsc::UnboundedSender<()>>,
 }
 
 /// Something the supervisor tells the outside world about (systemd).
@@ -260,7 +269,6 @@ pub(crate) enum Notice {
 /// stand-ins); returns after `Event::Shutdown` or when `events` closes, with no task left.
 pub(crate) struct Supervisor {
     config: Config,
-    clock: Clock,
     context: Arc<WorkerContext>,
     workers: HashMap<ClientName, Running>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
@@ -292,11 +300,10 @@ impl Supervisor {
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Self {
         let (reports_tx, reports) = mpsc::unbounded_channel();
-        let context = WorkerContext::new(config.agent.clone(), clock.clone());
+        let context = WorkerContext::new(config.agent.clone(), clock);
         let (watched_files, _) = watch::channel(config.watched_files());
         Self {
             context,
-            clock,
             workers: HashMap::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
@@ -338,6 +345,7 @@ impl Supervisor {
                 event = events.recv() => match event {
                     None | Some(Event::Shutdown) => break,
                     Some(Event::Reload(cause)) => self.reload(cause),
+                    Some(Event::FilesChanged(paths)) => self.files_changed(paths),
                     Some(Event::RefreshAll) => {
                         info!("refreshing every client now");
                         self.nudges.send_modify(|nudges| nudges.refresh_now += 1);
@@ -398,10 +406,25 @@ impl Supervisor {
         if spec.on_refresh.is_some() {
             worker = worker.with_hooks(self.hooks.entry(name.clone()).or_default().clone());
         }
-        let abort = self
-            .tasks
-            .spawn(worker.run(Mode::Daemon, start, self.nudges.subscribe()));
-        self.workers.insert(name.clone(), Running { id, abort });
+        let (token_files, changes) = if spec.request.token_files().is_empty() {
+            (None, None)
+        } else {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            (Some(sender), Some(receiver))
+        };
+        let inbox = Inbox {
+            nudges: self.nudges.subscribe(),
+            token_files: changes,
+        };
+        let abort = self.tasks.spawn(worker.run(Mode::Daemon, start, inbox));
+        self.workers.insert(
+            name.clone(),
+            Running {
+                id,
+                abort,
+                token_files,
+            },
+        );
         self.status
             .send_modify(|status| status.insert(name.clone()));
     }
@@ -415,6 +438,34 @@ impl Supervisor {
         }
         self.metrics.forget(name);
         self.status.send_modify(|status| status.remove(name));
+    }
+
+    /// Watched files changed: a token file retries the clients that read it and are waiting
+    /// on a failure (it is read at every request, so the config is unchanged); any other file
+    /// reloads.
+    fn files_changed(&mut self, paths: Vec<PathBuf>) {
+        let token_files = self.config.token_files();
+        let (token_paths, others): (Vec<PathBuf>, Vec<PathBuf>) = paths
+            .into_iter()
+            .partition(|path| token_files.binary_search(path).is_ok());
+        for path in &token_paths {
+            for client in &self.config.clients {
+                let reads = client
+                    .request
+                    .token_files()
+                    .iter()
+                    .any(|(_, file)| *file == path.as_path());
+                if reads && let Some(running) = self.workers.get(&client.name) {
+                    debug!(client = %client.name, path = %path.display(), "token file changed");
+                    if let Some(changes) = &running.token_files {
+                        let _ = changes.send(());
+                    }
+                }
+            }
+        }
+        if let Some(first) = others.into_iter().next() {
+            self.reload(ReloadCause::FileChanged(first));
+        }
     }
 
     fn reload(&mut self, cause: ReloadCause) {
@@ -485,7 +536,7 @@ impl Supervisor {
                     warn!("a change of [agent] listen takes effect at the next restart");
                 }
                 if self.config.agent != new.agent {
-                    self.context = WorkerContext::new(new.agent.clone(), self.clock.clone());
+                    self.context = self.context.renewed(new.agent.clone());
                 } else {
                     // Certificates, keys and CA files may have changed in place.
                     self.context.http.forget();
@@ -523,6 +574,19 @@ impl Supervisor {
         {
             return; // a late report from a worker that was just stopped or replaced
         }
+        let reads_token_files = self
+            .config
+            .client(client.as_str())
+            .is_some_and(|spec| !spec.request.token_files().is_empty());
+        match &report {
+            Report::Fresh { .. } if reads_token_files => {
+                self.metrics.token_files_checked(&client, true);
+            }
+            Report::Failed { token_file, .. } if reads_token_files => {
+                self.metrics.token_files_checked(&client, !token_file);
+            }
+            _ => {}
+        }
         match &report {
             Report::Fresh {
                 expires_at, origin, ..
@@ -552,10 +616,15 @@ impl Supervisor {
                         entry.expires_at = Some(expires_at);
                         entry.next_refresh = Some(next_refresh);
                         entry.last_error = None;
+                        entry.token_file_problem = None;
                     }
                     Report::Failed {
-                        message, retry_at, ..
+                        message,
+                        retry_at,
+                        token_file,
+                        ..
                     } => {
+                        entry.token_file_problem = token_file.then(|| message.clone());
                         entry.last_error = Some(message);
                         entry.next_refresh = Some(retry_at);
                     }

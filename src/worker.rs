@@ -13,25 +13,46 @@ use crate::config::{Agent, ClientName, ClientSpec, OnExpiry};
 use crate::hooks;
 use crate::oauth::{FetchError, HttpClients, Session};
 use crate::output;
+use crate::rate::{self, RateLimits};
 use crate::schedule::{self, Backoff, Failure};
 use crate::state;
 use crate::token::Token;
 
 /// What every worker of one configuration uses besides its own client: agent settings, the
-/// clock, the bound on requests in flight, and HTTP clients (one per distinct TLS setting, so
-/// connection pools and root stores are shared). A change of `[agent]` makes a new one.
+/// clock, the bound on requests in flight, the request rate per host, and HTTP clients (one
+/// per distinct TLS setting, so connection pools and root stores are shared). A change of
+/// `[agent]` makes a new one ([`WorkerContext::renewed`]).
 pub(crate) struct WorkerContext {
     agent: Agent,
     clock: Clock,
     permits: Arc<Semaphore>,
+    rate: Arc<RateLimits>,
     pub(crate) http: HttpClients,
 }
 
 impl WorkerContext {
     pub(crate) fn new(agent: Agent, clock: Clock) -> Arc<Self> {
+        let rate = RateLimits::new(agent.max_requests_per_second);
+        Self::with_rate(agent, clock, rate)
+    }
+
+    /// The context for a changed `[agent]`: new but for the request rate's buckets, kept
+    /// while `max_requests_per_second` is unchanged, so that a reload (which restarts every
+    /// worker) cannot let a host's next request go early.
+    pub(crate) fn renewed(&self, agent: Agent) -> Arc<Self> {
+        let rate = if self.rate.per_second() == agent.max_requests_per_second {
+            Arc::clone(&self.rate)
+        } else {
+            RateLimits::new(agent.max_requests_per_second)
+        };
+        Self::with_rate(agent, self.clock.clone(), rate)
+    }
+
+    fn with_rate(agent: Agent, clock: Clock, rate: Arc<RateLimits>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
             http: HttpClients::new(agent.http_timeout),
+            rate,
             agent,
             clock,
         })
@@ -128,6 +149,8 @@ pub(crate) enum Report {
         retry_at: SystemTime,
         /// How long the attempt's request took.
         latency: Duration,
+        /// Nothing was sent: a token file was unusable (`message` names it and says why).
+        token_file: bool,
     },
     /// The token on disk has expired and no new one came.
     Expired { client: ClientName },
@@ -159,6 +182,14 @@ pub(crate) struct Nudges {
     pub(crate) refresh_now: u64,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
     pub(crate) clock_changed: u64,
+}
+
+/// What a worker hears from the supervisor: the nudges every worker sees, and, for a client
+/// that reads token files, a word when one of them changed (if the last attempt failed, it
+/// retries now). Only such clients have that channel.
+pub(crate) struct Inbox {
+    pub(crate) nudges: watch::Receiver<Nudges>,
+    pub(crate) token_files: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 /// A refresh-now request while a request is in flight or less than this after the last one
@@ -212,6 +243,9 @@ struct Progress {
     refresh_waiting: bool,
     /// The supervisor's nudges already acted on.
     nudged: Nudges,
+    /// The last failure carried the server's `Retry-After`: `due` honours it, and a token
+    /// file's change does not bring the retry forward.
+    server_asked_to_wait: bool,
 }
 
 impl Worker {
@@ -255,9 +289,10 @@ impl Worker {
         mut self,
         mode: Mode,
         start: Start,
-        mut nudges: watch::Receiver<Nudges>,
+        mut inbox: Inbox,
     ) -> Result<(), String> {
-        let mut progress = Progress::new(self.context.clock.now(), *nudges.borrow_and_update());
+        let nudged = *inbox.nudges.borrow_and_update();
+        let mut progress = Progress::new(self.context.clock.now(), nudged);
         if start == Start::ReuseSaved {
             let span = self.span();
             if self.restore(&mut progress).instrument(span).await
@@ -267,10 +302,18 @@ impl Worker {
             }
         }
         loop {
-            self.wait_until_due(&mut progress, &mut nudges).await;
-            // The place in flight is held until this attempt's files and state are written.
+            self.wait_until_due(&mut progress, &mut inbox).await;
+            // The place in flight is held until this attempt's files and state are written. It
+            // is taken once the host's request rate allows a request (every attempt spends a
+            // turn, failed ones too), and after the backoff and any Retry-After: the rate only
+            // ever adds to that wait.
             let permits = Arc::clone(&self.context.permits);
-            let Ok(_in_flight) = permits.acquire().await else {
+            let host = rate::host_of(self.session.next_url(&self.spec.request));
+            let paced = self
+                .context
+                .rate
+                .paced(host, &self.context.clock, permits.acquire());
+            let Ok(_in_flight) = Box::pin(paced).await else {
                 return Err("shutting down".to_owned());
             };
             // Boxed, once the place is taken: an attempt's state lives only while it runs, so
@@ -351,8 +394,12 @@ impl Worker {
 
     /// Sleeps until the fetch is due, reporting the current token's expiry if that comes
     /// first. Meanwhile a refresh-now brings the fetch forward and a clock change re-checks.
-    async fn wait_until_due(&self, progress: &mut Progress, nudges: &mut watch::Receiver<Nudges>) {
+    async fn wait_until_due(&self, progress: &mut Progress, inbox: &mut Inbox) {
         let clock = &self.context.clock;
+        let Inbox {
+            nudges,
+            token_files,
+        } = inbox;
         let mut nudges_open = true;
         loop {
             let now = clock.now();
@@ -380,6 +427,14 @@ impl Worker {
                         progress.refresh_requested(clock);
                     }
                     progress.nudged = nudged;
+                }
+                Some(()) = async {
+                    match token_files.as_mut() {
+                        Some(changes) => changes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.span().in_scope(|| progress.token_file_changed(clock));
                 }
             }
             let now = clock.now();
@@ -431,6 +486,7 @@ impl Worker {
         if progress.last_error.take().is_some() {
             info!("recovered");
         }
+        progress.server_asked_to_wait = false;
         info!(
             token = %token.access_token.fingerprint(),
             expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
@@ -473,6 +529,7 @@ impl Worker {
         );
         progress.attempt = progress.attempt.saturating_add(1);
         progress.due = now.checked_add(delay).unwrap_or(now);
+        progress.server_asked_to_wait = failed.retry_after.is_some();
         let message = &failed.message;
         let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
         if progress.last_error.as_deref() != Some(message.as_str()) {
@@ -494,6 +551,7 @@ impl Worker {
             at: now,
             retry_at: progress.due,
             latency,
+            token_file: failed.token_file,
         });
     }
 
@@ -535,6 +593,8 @@ struct FailedAttempt {
     failure: Failure,
     retry_after: Option<Duration>,
     message: String,
+    /// A token file was unusable, so nothing was sent.
+    token_file: bool,
 }
 
 impl FailedAttempt {
@@ -547,6 +607,7 @@ impl FailedAttempt {
             },
             retry_after: error.retry_after(),
             message: error.to_string(),
+            token_file: error.is_token_file(),
         }
     }
 
@@ -557,6 +618,7 @@ impl FailedAttempt {
             failure: Failure::Transient,
             retry_after: None,
             message,
+            token_file: false,
         }
     }
 }
@@ -572,7 +634,25 @@ impl Progress {
             expired_reported: false,
             last_request: None,
             refresh_waiting: false,
+            server_asked_to_wait: false,
         }
+    }
+
+    /// A token file this client reads changed. A healthy client keeps its token (the next
+    /// refresh reads the new file); one waiting on a failure retries now, since a fresh file
+    /// may be what heals it, unless the server asked it to wait (SPEC: honour `Retry-After`).
+    fn token_file_changed(&mut self, clock: &Clock) {
+        if self.last_error.is_none() {
+            return;
+        }
+        if self.server_asked_to_wait {
+            info!(
+                "a token file changed; the server asked to wait (Retry-After), so the retry stays as planned"
+            );
+            return;
+        }
+        info!("a token file changed; retrying");
+        self.refresh_requested(clock);
     }
 
     /// When to wake up: when the fetch is due, or when the current token expires if that comes
@@ -679,6 +759,29 @@ mod tests {
         assert!(progress.refresh_waiting);
     }
 
+    /// A reload that changes `[agent]` but not `max_requests_per_second` keeps the hosts'
+    /// buckets (their next turns), so restarted workers cannot send early; a new rate starts
+    /// new buckets.
+    #[test]
+    fn the_request_rate_outlives_an_agent_change_that_leaves_it_alone() {
+        let limited = Agent {
+            max_requests_per_second: Some(2.0),
+            ..Agent::default()
+        };
+        let context = WorkerContext::new(limited.clone(), Clock::system());
+        let renewed = context.renewed(Agent {
+            refresh_at: 0.5,
+            ..limited.clone()
+        });
+        assert!(Arc::ptr_eq(&context.rate, &renewed.rate));
+        let faster = renewed.renewed(Agent {
+            max_requests_per_second: Some(4.0),
+            ..limited
+        });
+        assert!(!Arc::ptr_eq(&renewed.rate, &faster.rate));
+        assert_eq!(faster.rate.per_second(), Some(4.0));
+    }
+
     /// A worker aborted (a reload, SIGTERM) once its token files are being written still saves
     /// the state, so the next start reuses the token instead of fetching one more.
     #[test]
@@ -704,6 +807,7 @@ mod tests {
             scope: None,
             issued_at,
             expires_at: issued_at + Duration::from_secs(3600),
+            issued_token_type: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

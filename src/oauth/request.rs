@@ -1,22 +1,30 @@
-//! One token request: a [`TokenRequest`] (what is asked for, with which credentials) built into
-//! the client-credentials POST (a form, or a JSON body), sent once, and its response turned
-//! into a [`Token`] or a [`FetchError`] with the client secret redacted from every message. It
-//! never retries, sleeps, writes files or reads the clock: `now` is an argument.
+//! One token request: a [`TokenRequest`] (what is asked for, by which grant, with which
+//! credentials) built into the token POST (a form, or a JSON body), sent once, and its
+//! response turned into a [`Token`] or a [`FetchError`] with every credential it carried (the
+//! client secret, the assertions bearerd signed, the token files' contents) redacted from
+//! every message. It never retries, sleeps, writes files or reads the clock: `now` is an
+//! argument.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Map, Value};
 use url::Url;
 use url::form_urlencoded;
 
-use super::credentials::{Credentials, basic_authorization, echoable_forms};
+use super::credentials::{Credentials, basic_authorization};
 use super::error::FetchError;
+use super::grant::{BearerAssertion, GrantRequest};
 use super::http::{cause, read_response, request_failed};
-use super::jwt::{ASSERTION_TYPE, client_assertion};
+use super::jwt::{
+    ASSERTION_TYPE, GrantClaims, client_assertion, grant_assertion, secret_assertion,
+};
 use super::response::{parse_response, redact_bytes};
 use crate::config::display_url;
+use crate::secret::Secret;
 use crate::token::Token;
 
 /// One token request, described.
@@ -25,13 +33,22 @@ pub(super) struct TokenRequest<'a> {
     pub(super) token_url: &'a Url,
     pub(super) client_id: &'a str,
     pub(super) credentials: Credentials,
+    pub(super) grant: GrantRequest,
     pub(super) audience: Option<&'a str>,
     pub(super) scope: Option<&'a str>,
     /// Sent after the standard parameters, in key order.
     pub(super) extra_params: &'a BTreeMap<String, String>,
 }
 
-/// Makes one client-credentials request. `now` stamps the token and the client assertion and
+/// A request ready to send, with the forms in which a server may echo what it carries.
+struct Built {
+    request: reqwest::Request,
+    /// Every credential in the request, in each form a server may echo it (as is,
+    /// form-encoded, JSON-escaped, inside the Basic credentials); longest first.
+    echoable: Vec<String>,
+}
+
+/// Makes one token request. `now` stamps the token and the assertions bearerd signs and
 /// converts an HTTP-date `Retry-After`; `default_lifetime` applies when the response says
 /// nothing about expiry.
 pub(super) async fn request_token(
@@ -41,10 +58,19 @@ pub(super) async fn request_token(
     default_lifetime: Duration,
 ) -> Result<Token, FetchError> {
     let shown = display_url(request.token_url);
+    // Only the secret can be in a build error (an assertion could not be signed).
+    let mut echoable = match &request.credentials {
+        Credentials::Basic(secret)
+        | Credentials::Post(secret)
+        | Credentials::Json(secret)
+        | Credentials::SecretJwt { secret, .. } => echoable_forms(secret),
+        _ => Vec::new(),
+    };
     let result = async {
-        let wire = build_request(http, request, now)?;
+        let built = build_request(http, request, now)?;
+        echoable = built.echoable;
         let response = http
-            .execute(wire)
+            .execute(built.request)
             .await
             .map_err(|error| request_failed(&format!("token endpoint {shown}"), error))?;
         let prefix = format!("token endpoint {shown} answered ");
@@ -52,57 +78,173 @@ pub(super) async fn request_token(
             .await
             .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))?;
         // An error body is quoted (and perhaps cut short, which would defeat redacting the
-        // message afterwards): redact it first. A 2xx body is left alone: it holds the token.
-        if !(200..300).contains(&response.status) {
-            response.body = redact_bytes(
-                &response.body,
-                &echoable_forms(&request.credentials, request.client_id),
-            );
+        // message afterwards): redact it first. A 2xx body is parsed as sent, since it holds
+        // the token; only the error it may become is read again from its redacted form.
+        let success = (200..300).contains(&response.status);
+        if !success {
+            response.body = redact_body(&response.body, &echoable);
         }
-        parse_response(
-            response.status,
-            response.retry_after.as_deref(),
-            response.content_type.as_deref(),
-            &response.body,
-            now,
-            default_lifetime,
-        )
+        let parse = |body: &[u8]| {
+            parse_response(
+                response.status,
+                response.retry_after.as_deref(),
+                response.content_type.as_deref(),
+                body,
+                now,
+                default_lifetime,
+            )
+        };
+        match parse(&response.body) {
+            Err(error) if success => match parse(&redact_body(&response.body, &echoable)) {
+                Err(redacted) => Err(redacted),
+                Ok(_) => Err(error),
+            },
+            parsed => parsed,
+        }
         .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))
     }
     .await;
-    let forms = echoable_forms(&request.credentials, request.client_id);
     result.map_err(|error| {
         error.map_message(|message| {
-            forms
+            echoable
                 .iter()
                 .fold(message, |message, form| message.replace(form, "[redacted]"))
         })
     })
 }
 
-/// The HTTP request for `request`, without sending it.
+/// `body` with every form in `echoable` redacted, as bytes and, when it is JSON, inside every
+/// decoded string too: a JSON escape the forms miss (`\/`, `\u0041`) is undone when a message
+/// quotes the string, and perhaps cut short, past what redacting the message could catch.
+fn redact_body(body: &[u8], echoable: &[String]) -> Vec<u8> {
+    fn redact(value: &mut Value, echoable: &[String]) {
+        let fold = |text: &str| {
+            echoable.iter().fold(text.to_owned(), |text, form| {
+                text.replace(form, "[redacted]")
+            })
+        };
+        match value {
+            Value::String(text) => *text = fold(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| redact(item, echoable)),
+            Value::Object(object) => {
+                *object = std::mem::take(object)
+                    .into_iter()
+                    .map(|(key, mut value)| {
+                        redact(&mut value, echoable);
+                        (fold(&key), value)
+                    })
+                    .collect();
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    let bytes = redact_bytes(body, echoable);
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut value) => {
+            redact(&mut value, echoable);
+            serde_json::to_vec(&value).unwrap_or(bytes)
+        }
+        Err(_) => bytes,
+    }
+}
+
+/// The forms in which a server may echo `value`: as is, form-encoded and JSON-escaped. None
+/// for a value under 4 bytes (redacting it would garble messages and hide nothing).
+fn echoable_forms(value: &Secret) -> Vec<String> {
+    let value = value.expose();
+    if value.len() < 4 {
+        return Vec::new();
+    }
+    let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let json = Value::from(value).to_string();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(&json)
+        .to_owned();
+    vec![value.to_owned(), encoded, json]
+}
+
+/// The HTTP request for `request`, without sending it, and what in it a server may echo.
 fn build_request(
     http: &reqwest::Client,
     request: &TokenRequest<'_>,
     now: SystemTime,
-) -> Result<reqwest::Request, FetchError> {
-    let assertion;
+) -> Result<Built, FetchError> {
     let mut authorization = None;
-    let mut params: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
-    match &request.credentials {
+    let mut sensitive: Vec<Secret> = Vec::new();
+    let mut echoable: Vec<String> = Vec::new();
+    let mut params: Vec<(&str, String)> = vec![("grant_type", request.grant.grant_type().into())];
+    match &request.grant {
+        GrantRequest::ClientCredentials => {}
+        GrantRequest::TokenExchange {
+            subject_token,
+            subject_token_type,
+            actor,
+            requested_token_type,
+        } => {
+            params.push(("subject_token", subject_token.expose().to_owned()));
+            params.push(("subject_token_type", subject_token_type.clone()));
+            sensitive.push(subject_token.clone());
+            if let Some((actor_token, actor_token_type)) = actor {
+                params.push(("actor_token", actor_token.expose().to_owned()));
+                params.push(("actor_token_type", actor_token_type.clone()));
+                sensitive.push(actor_token.clone());
+            }
+            if let Some(requested) = requested_token_type {
+                params.push(("requested_token_type", requested.clone()));
+            }
+        }
+        GrantRequest::JwtBearer(assertion) => {
+            let assertion = match assertion {
+                BearerAssertion::Read(assertion) => assertion.clone(),
+                BearerAssertion::Sign {
+                    key_pem,
+                    key_id,
+                    issuer,
+                    subject,
+                    audience,
+                } => {
+                    let claims = GrantClaims {
+                        issuer,
+                        subject,
+                        audience,
+                        scope: request.scope,
+                    };
+                    grant_assertion(key_pem, key_id.as_deref(), &claims, now).map_err(
+                        |message| FetchError::permanent(format!("jwt_bearer assertion: {message}")),
+                    )?
+                }
+            };
+            params.push(("assertion", assertion.expose().to_owned()));
+            sensitive.push(assertion);
+        }
+    }
+    let client_assertion_of = match &request.credentials {
         Credentials::Basic(secret) => {
             authorization = Some(basic_authorization(request.client_id, secret)?);
+            let id: String =
+                form_urlencoded::byte_serialize(request.client_id.as_bytes()).collect();
+            let encoded: String =
+                form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+            if secret.expose().len() >= 4 {
+                echoable.push(STANDARD.encode(format!("{id}:{encoded}")));
+            }
+            sensitive.push(secret.clone());
+            None
         }
         Credentials::Post(secret) | Credentials::Json(secret) => {
-            params.push(("client_id", request.client_id));
-            params.push(("client_secret", secret.expose()));
+            params.push(("client_id", request.client_id.to_owned()));
+            params.push(("client_secret", secret.expose().to_owned()));
+            sensitive.push(secret.clone());
+            None
         }
         Credentials::PrivateKeyJwt {
             key_pem,
             key_id,
             assertion_audience,
         } => {
-            assertion = client_assertion(
+            let assertion = client_assertion(
                 key_pem,
                 key_id.as_deref(),
                 request.client_id,
@@ -110,25 +252,48 @@ fn build_request(
                 now,
             )
             .map_err(|message| FetchError::permanent(format!("private_key_jwt: {message}")))?;
-            params.push(("client_id", request.client_id));
-            params.push(("client_assertion_type", ASSERTION_TYPE));
-            params.push(("client_assertion", assertion.expose()));
+            Some((ASSERTION_TYPE, assertion))
         }
-        Credentials::TlsClientAuth => params.push(("client_id", request.client_id)),
+        Credentials::SecretJwt {
+            secret,
+            assertion_audience,
+        } => {
+            let assertion = secret_assertion(secret, request.client_id, assertion_audience, now)
+                .map_err(|message| {
+                    FetchError::permanent(format!("client_secret_jwt: {message}"))
+                })?;
+            // The secret itself is not sent, but a server may still quote it.
+            sensitive.push(secret.clone());
+            Some((ASSERTION_TYPE, assertion))
+        }
+        Credentials::ClientAssertion {
+            assertion,
+            assertion_type,
+        } => Some((assertion_type.as_str(), assertion.clone())),
+        Credentials::TlsClientAuth | Credentials::Public => {
+            params.push(("client_id", request.client_id.to_owned()));
+            None
+        }
+    };
+    if let Some((assertion_type, assertion)) = client_assertion_of {
+        params.push(("client_id", request.client_id.to_owned()));
+        params.push(("client_assertion_type", assertion_type.to_owned()));
+        params.push(("client_assertion", assertion.expose().to_owned()));
+        sensitive.push(assertion);
     }
     if let Some(audience) = request.audience {
-        params.push(("audience", audience));
+        params.push(("audience", audience.to_owned()));
     }
     if let Some(scope) = request.scope {
-        params.push(("scope", scope));
+        params.push(("scope", scope.to_owned()));
     }
     for (name, value) in request.extra_params {
-        params.push((name, value));
+        params.push((name, value.clone()));
     }
     let (content_type, body) = if matches!(request.credentials, Credentials::Json(_)) {
         let object: Map<String, Value> = params
             .iter()
-            .map(|(name, value)| ((*name).to_owned(), Value::from(*value)))
+            .map(|(name, value)| ((*name).to_owned(), Value::from(value.as_str())))
             .collect();
         ("application/json", Value::Object(object).to_string())
     } else {
@@ -144,13 +309,17 @@ fn build_request(
     if let Some(authorization) = authorization {
         builder = builder.header(AUTHORIZATION, authorization);
     }
-    builder.build().map_err(|error| {
+    let request = builder.build().map_err(|error| {
         FetchError::permanent(format!(
             "cannot build the request to {}: {}",
             display_url(request.token_url),
             cause(error)
         ))
-    })
+    })?;
+    echoable.extend(sensitive.iter().flat_map(echoable_forms));
+    echoable.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    echoable.dedup();
+    Ok(Built { request, echoable })
 }
 
 #[cfg(test)]
@@ -190,11 +359,14 @@ mod tests {
             token_url: &url,
             client_id: "my client:1",
             credentials,
+            grant: GrantRequest::ClientCredentials,
             audience: Some("tasklist.camunda.io"),
             scope: Some("a b"),
             extra_params: &extra,
         };
-        build_request(&bare(), &request, now()).expect("request")
+        build_request(&bare(), &request, now())
+            .expect("request")
+            .request
     }
 
     fn body_text(request: &reqwest::Request) -> String {
@@ -287,10 +459,18 @@ mod tests {
         request: &reqwest::Request,
         verify: impl Fn(&[u8], &[u8]) -> bool,
     ) -> (Value, Value) {
+        assertion_of_with(request, verify, "tasklist.camunda.io")
+    }
+
+    fn assertion_of_with(
+        request: &reqwest::Request,
+        verify: impl Fn(&[u8], &[u8]) -> bool,
+        audience: &str,
+    ) -> (Value, Value) {
         let form = form(request);
         assert_eq!(form["client_assertion_type"], ASSERTION_TYPE);
         assert_eq!(form["client_id"], "my client:1");
-        assert_eq!(form["audience"], "tasklist.camunda.io");
+        assert_eq!(form["audience"], audience);
         let assertion = &form["client_assertion"];
         let parts: Vec<&str> = assertion.split('.').collect();
         assert_eq!(parts.len(), 3);
@@ -386,6 +566,144 @@ mod tests {
         }
     }
 
+    fn wire_with(credentials: Credentials, grant: GrantRequest) -> Built {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::from([("resource".to_owned(), "https://api/x".to_owned())]);
+        let request = TokenRequest {
+            token_url: &url,
+            client_id: "my client:1",
+            credentials,
+            grant,
+            audience: Some("aud"),
+            scope: None,
+            extra_params: &extra,
+        };
+        build_request(&bare(), &request, now()).expect("request")
+    }
+
+    #[test]
+    fn client_secret_jwt_signs_hs256_with_the_secret_and_a_fresh_jti() {
+        let credentials = || Credentials::SecretJwt {
+            secret: Secret::new("shared secret"),
+            assertion_audience: "https://idp.example.com/token".into(),
+        };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"shared secret");
+        let verify =
+            |message: &[u8], signature: &[u8]| ring::hmac::verify(&key, message, signature).is_ok();
+        let first = wire_with(credentials(), GrantRequest::ClientCredentials);
+        let (header, claims) = assertion_of_with(&first.request, verify, "aud");
+        assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        assert_eq!(claims["iss"], "my client:1");
+        assert_eq!(claims["sub"], "my client:1");
+        assert_eq!(claims["aud"], "https://idp.example.com/token");
+        assert_eq!(claims["exp"], 1_700_000_060);
+        assert!(!form(&first.request).contains_key("client_secret"));
+        let second = wire_with(credentials(), GrantRequest::ClientCredentials);
+        let (_, again) = assertion_of_with(&second.request, verify, "aud");
+        assert_ne!(claims["jti"], again["jti"]);
+        // The assertion and the secret itself are what an error must never quote.
+        let assertion = form(&first.request)["client_assertion"].clone();
+        assert!(first.echoable.contains(&assertion));
+        assert!(first.echoable.contains(&"shared secret".to_owned()));
+    }
+
+    #[test]
+    fn token_exchange_and_a_public_client_send_exactly_their_parameters() {
+        let built = wire_with(
+            Credentials::Public,
+            GrantRequest::TokenExchange {
+                subject_token: Secret::new("subject.jwt.x"),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                actor: Some((Secret::new("actor-opaque"), "urn:x:actor".into())),
+                requested_token_type: Some("urn:ietf:params:oauth:token-type:access_token".into()),
+            },
+        );
+        assert_eq!(header(&built.request, "authorization"), None);
+        assert_eq!(
+            body_text(&built.request),
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+             &subject_token=subject.jwt.x\
+             &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt\
+             &actor_token=actor-opaque&actor_token_type=urn%3Ax%3Aactor\
+             &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &client_id=my+client%3A1&audience=aud&resource=https%3A%2F%2Fapi%2Fx"
+        );
+        for sent in ["subject.jwt.x", "actor-opaque"] {
+            assert!(built.echoable.contains(&sent.to_owned()), "{sent}");
+        }
+    }
+
+    #[test]
+    fn a_client_assertion_and_a_jwt_bearer_grant_are_sent_as_read() {
+        let built = wire_with(
+            Credentials::ClientAssertion {
+                assertion: Secret::new("client.assertion.sig"),
+                assertion_type: "urn:example:custom".into(),
+            },
+            GrantRequest::JwtBearer(BearerAssertion::Read(Secret::new("grant.assertion.sig"))),
+        );
+        let form = form(&built.request);
+        assert_eq!(
+            form,
+            BTreeMap::from([
+                (
+                    "grant_type".to_owned(),
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned()
+                ),
+                ("assertion".to_owned(), "grant.assertion.sig".to_owned()),
+                ("client_id".to_owned(), "my client:1".to_owned()),
+                (
+                    "client_assertion_type".to_owned(),
+                    "urn:example:custom".to_owned()
+                ),
+                (
+                    "client_assertion".to_owned(),
+                    "client.assertion.sig".to_owned()
+                ),
+                ("audience".to_owned(), "aud".to_owned()),
+                ("resource".to_owned(), "https://api/x".to_owned()),
+            ])
+        );
+    }
+
+    /// Google's token endpoint reads the scopes of a service-account grant from the assertion.
+    #[test]
+    fn a_signed_jwt_bearer_grant_carries_its_scope_as_a_claim() {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::new();
+        let grant = |scope| TokenRequest {
+            token_url: &url,
+            client_id: "sa@project.iam.gserviceaccount.com",
+            credentials: Credentials::Public,
+            grant: GrantRequest::JwtBearer(BearerAssertion::Sign {
+                key_pem: Secret::new(EC_SEC1),
+                key_id: Some("k1".into()),
+                issuer: "sa@project.iam.gserviceaccount.com".into(),
+                subject: "sa@project.iam.gserviceaccount.com".into(),
+                audience: "https://oauth2.googleapis.com/token".into(),
+            }),
+            audience: None,
+            scope,
+            extra_params: &extra,
+        };
+        let claims_of = |request: &TokenRequest<'_>| -> Value {
+            let built = build_request(&bare(), request, now()).expect("request");
+            let assertion = form(&built.request)["assertion"].clone();
+            let payload = assertion.split('.').nth(1).expect("a JWS").to_owned();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
+                .expect("claims")
+        };
+        let scoped = claims_of(&grant(Some(
+            "https://www.googleapis.com/auth/cloud-platform",
+        )));
+        assert_eq!(
+            scoped["scope"],
+            "https://www.googleapis.com/auth/cloud-platform"
+        );
+        assert_eq!(scoped["aud"], "https://oauth2.googleapis.com/token");
+        assert!(claims_of(&grant(None)).get("scope").is_none());
+    }
+
     #[test]
     fn unusable_keys_are_permanent_errors_that_quote_nothing() {
         let url = Url::parse("https://idp.example.com/token").expect("url");
@@ -401,11 +719,14 @@ mod tests {
                 token_url: &url,
                 client_id: "c",
                 credentials: jwt_credentials(pem, None),
+                grant: GrantRequest::ClientCredentials,
                 audience: None,
                 scope: None,
                 extra_params: &extra,
             };
-            let error = build_request(&bare(), &request, now()).expect_err("unusable key");
+            let Err(error) = build_request(&bare(), &request, now()) else {
+                panic!("an unusable key was accepted");
+            };
             assert!(error.is_permanent());
             assert!(error.message().starts_with("private_key_jwt: "), "{error}");
             assert!(error.message().contains(expected), "{error}");
@@ -423,6 +744,9 @@ mod tests {
             Credentials::Json(_) => "client_secret_json",
             Credentials::PrivateKeyJwt { .. } => "private_key_jwt",
             Credentials::TlsClientAuth => "tls_client_auth",
+            Credentials::SecretJwt { .. } => "client_secret_jwt",
+            Credentials::ClientAssertion { .. } => "client_assertion",
+            Credentials::Public => "none",
         }
     }
 
@@ -438,6 +762,7 @@ mod tests {
             token_url: &url,
             client_id,
             credentials,
+            grant: GrantRequest::ClientCredentials,
             audience: Some("api"),
             scope: Some("read write"),
             extra_params: &extra,
@@ -526,6 +851,66 @@ mod tests {
         .expect_err("500");
         assert!(!error.message().contains("wrong-secret"), "{error}");
         assert!(error.message().contains("[redacted]"), "{error}");
+    }
+
+    /// An echo the message would quote cut short (an excerpt is 120 characters) is no longer
+    /// the whole credential, so it must be redacted before the cut: in a 2xx body without a
+    /// token, and in an error body whose JSON escapes the credential (`\/`).
+    #[tokio::test]
+    async fn an_echo_cut_short_in_a_message_is_still_redacted() {
+        let idp = Idp::start(IdpSettings {
+            accept_unknown_clients: true,
+            ..IdpSettings::default()
+        })
+        .await
+        .expect("idp");
+        let url = Url::parse(&idp.token_url()).expect("url");
+        let extra = BTreeMap::new();
+        let padding = "p".repeat(100);
+        let subject = format!("subj3ct-t0ken-{}", "q".repeat(60));
+        idp.set_fault(Fault::Body(format!(
+            r#"{{"error":"invalid_grant","error_description":"{padding} {subject}"}}"#
+        )));
+        let exchange = TokenRequest {
+            token_url: &url,
+            client_id: "c",
+            credentials: Credentials::Public,
+            grant: GrantRequest::TokenExchange {
+                subject_token: Secret::new(subject.as_str()),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                actor: None,
+                requested_token_type: None,
+            },
+            audience: None,
+            scope: None,
+            extra_params: &extra,
+        };
+        let error = request_token(&http(), &exchange, SystemTime::now(), DEFAULT)
+            .await
+            .expect_err("no token");
+        assert!(error.message().contains("[redacted]"), "{error}");
+        assert!(!error.message().contains("subj3ct"), "{error}");
+
+        let secret = "s3cr/et-value-0123456789";
+        idp.set_fault(Fault::Status {
+            status: 400,
+            body: format!(
+                r#"{{"error":"invalid_client","error_description":"{padding} {}"}}"#,
+                secret.replace('/', "\\/")
+            ),
+            content_type: "application/json".into(),
+            retry_after: None,
+        });
+        let error = request(
+            &http(),
+            &idp.token_url(),
+            "c",
+            Credentials::Post(Secret::new(secret)),
+        )
+        .await
+        .expect_err("refused");
+        assert!(error.message().contains("[redacted]"), "{error}");
+        assert!(!error.message().contains("s3cr"), "{error}");
     }
 
     #[tokio::test]
