@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -253,8 +254,8 @@ impl Loader {
 struct Running {
     id: u64,
     abort: AbortHandle,
-    /// For a client that reads token files: tells its worker that one changed.
-    token_files: Option<mpsc::UnboundedSender<()>>,
+    /// For a client that reads token files: raised when one changed (see [`Inbox`]).
+    token_files: Option<Arc<AtomicBool>>,
 }
 
 /// Something the supervisor tells the outside world about (systemd).
@@ -406,15 +407,11 @@ impl Supervisor {
         if spec.on_refresh.is_some() {
             worker = worker.with_hooks(self.hooks.entry(name.clone()).or_default().clone());
         }
-        let (token_files, changes) = if spec.request.token_files().is_empty() {
-            (None, None)
-        } else {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            (Some(sender), Some(receiver))
-        };
+        let token_files =
+            (!spec.request.token_files().is_empty()).then(|| Arc::new(AtomicBool::new(false)));
         let inbox = Inbox {
             nudges: self.nudges.subscribe(),
-            token_files: changes,
+            token_files: token_files.clone(),
         };
         let abort = self.tasks.spawn(worker.run(Mode::Daemon, start, inbox));
         self.workers.insert(
@@ -448,6 +445,7 @@ impl Supervisor {
         let (token_paths, others): (Vec<PathBuf>, Vec<PathBuf>) = paths
             .into_iter()
             .partition(|path| token_files.binary_search(path).is_ok());
+        let mut nudge = false;
         for path in &token_paths {
             for client in &self.config.clients {
                 let reads = client
@@ -457,11 +455,16 @@ impl Supervisor {
                     .any(|(_, file)| *file == path.as_path());
                 if reads && let Some(running) = self.workers.get(&client.name) {
                     debug!(client = %client.name, path = %path.display(), "token file changed");
-                    if let Some(changes) = &running.token_files {
-                        let _ = changes.send(());
+                    if let Some(changed) = &running.token_files {
+                        changed.store(true, Ordering::SeqCst);
+                        nudge = true;
                     }
                 }
             }
+        }
+        if nudge {
+            self.nudges
+                .send_modify(|nudges| nudges.token_files_changed += 1);
         }
         if let Some(first) = others.into_iter().next() {
             self.reload(ReloadCause::FileChanged(first));

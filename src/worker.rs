@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -182,14 +183,17 @@ pub(crate) struct Nudges {
     pub(crate) refresh_now: u64,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
     pub(crate) clock_changed: u64,
+    /// A token file changed: the workers whose [`Inbox::token_files`] flag is raised act.
+    pub(crate) token_files_changed: u64,
 }
 
 /// What a worker hears from the supervisor: the nudges every worker sees, and, for a client
-/// that reads token files, a word when one of them changed (if the last attempt failed, it
-/// retries now). Only such clients have that channel.
+/// that reads token files, a flag the supervisor raises (then nudges everyone) when one of them
+/// changed: if the last attempt failed, it retries now. A flag, not a channel: a channel's
+/// receive would sit in every idle worker's task beside the nudges.
 pub(crate) struct Inbox {
     pub(crate) nudges: watch::Receiver<Nudges>,
-    pub(crate) token_files: Option<mpsc::UnboundedReceiver<()>>,
+    pub(crate) token_files: Option<Arc<AtomicBool>>,
 }
 
 /// A refresh-now request while a request is in flight or less than this after the last one
@@ -308,12 +312,19 @@ impl Worker {
             // turn, failed ones too), and after the backoff and any Retry-After: the rate only
             // ever adds to that wait.
             let permits = Arc::clone(&self.context.permits);
-            let host = rate::host_of(self.session.next_url(&self.spec.request));
-            let paced = self
-                .context
-                .rate
-                .paced(host, &self.context.clock, permits.acquire());
-            let Ok(_in_flight) = Box::pin(paced).await else {
+            // Without a rate, nothing boxed while waiting for a place: 10,000 clients starting
+            // at once would each hold a box and their host's name (+3 MiB resident).
+            let in_flight = if self.context.rate.per_second().is_none() {
+                permits.acquire().await
+            } else {
+                let host = rate::host_of(self.session.next_url(&self.spec.request));
+                let paced = self
+                    .context
+                    .rate
+                    .paced(host, &self.context.clock, permits.acquire());
+                Box::pin(paced).await
+            };
+            let Ok(_in_flight) = in_flight else {
                 return Err("shutting down".to_owned());
             };
             // Boxed, once the place is taken: an attempt's state lives only while it runs, so
@@ -426,15 +437,13 @@ impl Worker {
                     if nudged.refresh_now != progress.nudged.refresh_now {
                         progress.refresh_requested(clock);
                     }
-                    progress.nudged = nudged;
-                }
-                Some(()) = async {
-                    match token_files.as_mut() {
-                        Some(changes) => changes.recv().await,
-                        None => std::future::pending().await,
+                    if token_files
+                        .as_ref()
+                        .is_some_and(|changed| changed.swap(false, Ordering::SeqCst))
+                    {
+                        progress.token_file_changed(clock);
                     }
-                } => {
-                    self.span().in_scope(|| progress.token_file_changed(clock));
+                    progress.nudged = nudged;
                 }
             }
             let now = clock.now();
