@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::clock::Clock;
@@ -45,14 +45,24 @@ impl WorkerContext {
     }
 }
 
-/// Renders and writes every output of `spec`; returns whether any file changed. The writes run
-/// on a blocking thread, so cancelling the caller cannot interrupt one half-way.
+/// Renders and writes every output of `spec`; returns whether any file changed, once the
+/// files' directories are durable. The writes run on a blocking thread, so cancelling the
+/// caller cannot interrupt one half-way.
 pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool, String> {
-    let spec = Arc::clone(spec);
-    let token = token.clone();
-    tokio::task::spawn_blocking(move || write_each_output(&spec, &token))
-        .await
-        .map_err(|error| format!("writer task failed: {error}"))?
+    let (spec, token) = (Arc::clone(spec), token.clone());
+    let coming = output::WriteComing::new();
+    let (changed, synced) = tokio::task::spawn_blocking(move || {
+        let mut renamed = output::RenamedIn::default();
+        let changed = write_each_output(&spec, &token, &mut renamed);
+        let synced = renamed.request_sync();
+        drop(coming);
+        (changed, synced)
+    })
+    .await
+    .map_err(|error| format!("writer task failed: {error}"))?;
+    let changed = changed?;
+    synced.wait().await?;
+    Ok(changed)
 }
 
 /// What [`write_and_save`] did once the token's files were written.
@@ -61,24 +71,32 @@ struct Written {
     changed: bool,
     /// The state file's save, which may fail without failing the refresh.
     state: Result<(), String>,
+    /// The sync of the files' directories, to wait for before the token counts as written.
+    synced: output::DirSync,
 }
 
 /// Writes every output of `spec`, then saves the state, in one task on a blocking thread (its
 /// fsyncs must not stall every other client on the runtime's one thread). One task, so that
 /// aborting the worker (a reload, SIGTERM) once the files are being written cannot lose the
 /// state save: a blocking task that has started runs to its end, even at runtime shutdown,
-/// while one still queued then is dropped whole, files and state alike.
+/// while one still queued then is dropped whole, files and state alike. The directories'
+/// syncs are asked for before `coming` is dropped, so the syncer's round covers them.
 async fn write_and_save(
     state_path: &Path,
     spec: &Arc<ClientSpec>,
     token: &Token,
+    coming: output::WriteComing,
 ) -> Result<Written, String> {
     let (state_path, spec, token) = (state_path.to_path_buf(), Arc::clone(spec), token.clone());
     tokio::task::spawn_blocking(move || {
-        let changed = write_each_output(&spec, &token)?;
+        let mut renamed = output::RenamedIn::default();
+        let changed = write_each_output(&spec, &token, &mut renamed);
+        let synced = renamed.request_sync();
+        drop(coming);
         Ok(Written {
-            changed,
+            changed: changed?,
             state: state::save(&state_path, &spec, &token),
+            synced,
         })
     })
     .await
@@ -86,12 +104,17 @@ async fn write_and_save(
 }
 
 /// Renders and writes every output of `spec` on this thread; returns whether any file changed.
-fn write_each_output(spec: &ClientSpec, token: &Token) -> Result<bool, String> {
+/// The directories of the files replaced are added to `renamed`, for their sync.
+fn write_each_output(
+    spec: &ClientSpec,
+    token: &Token,
+    renamed: &mut output::RenamedIn,
+) -> Result<bool, String> {
     let mut changed = false;
     let mut errors = Vec::new();
     for output in &spec.outputs {
         let bytes = output::render(&output.format, token, spec.name.as_str());
-        match output::write_if_changed(&output.path, &bytes, output.mode) {
+        match output::write_if_changed(&output.path, &bytes, output.mode, renamed) {
             Ok(wrote) => changed |= wrote,
             Err(error) => errors.push(error.to_string()),
         }
@@ -261,16 +284,20 @@ impl Worker {
         }
         loop {
             self.wait_until_due(&mut progress, commands).await;
-            // The place in flight is held until this attempt's files and state are written.
+            // From now until its files are renamed, this worker's write is coming: a batch's
+            // directory syncs wait for it (a bounded time), so one sync covers the batch.
+            let coming = output::WriteComing::new();
+            // The place in flight is held until this attempt's files and state are written
+            // (not until their directories are synced: that is shared with others in flight).
             let permits = Arc::clone(&self.context.permits);
-            let Ok(_in_flight) = permits.acquire().await else {
+            let Ok(in_flight) = permits.acquire().await else {
                 return Err("shutting down".to_owned());
             };
             let (fetched, latency) = self.fetch(&mut progress).await;
             let now = self.context.clock.now();
             let outcome = match fetched {
                 Ok(token) => self
-                    .write_and_persist(&token)
+                    .write_and_persist(&token, coming, in_flight)
                     .await
                     .map(|changed| (token, changed)),
                 Err(error) => Err(FailedAttempt::request(&error)),
@@ -388,15 +415,23 @@ impl Worker {
         (fetched, latency)
     }
 
-    /// Writes the token's files, then its state; returns whether any file changed. A state
+    /// Writes the token's files, then its state, gives back the place in flight, and waits
+    /// until the files' directories are synced; returns whether any file changed. A state
     /// that cannot be saved is a warning, not a failure.
-    async fn write_and_persist(&self, token: &Token) -> Result<bool, FailedAttempt> {
-        let written = write_and_save(&self.state_path, &self.spec, token)
+    async fn write_and_persist(
+        &self,
+        token: &Token,
+        coming: output::WriteComing,
+        in_flight: SemaphorePermit<'_>,
+    ) -> Result<bool, FailedAttempt> {
+        let written = write_and_save(&self.state_path, &self.spec, token, coming)
             .await
             .map_err(FailedAttempt::write)?;
+        drop(in_flight);
         if let Err(message) = written.state {
             warn!(%message, "cannot save state; a restart will fetch again");
         }
+        written.synced.wait().await.map_err(FailedAttempt::write)?;
         Ok(written.changed)
     }
 
@@ -685,7 +720,8 @@ mod tests {
             .expect("runtime");
         let _entered = runtime.enter();
         // Polled once, the write is under way; dropping the future is what an abort does.
-        let mut writing = Box::pin(write_and_save(&state_path, &spec, &token));
+        let coming = output::WriteComing::new();
+        let mut writing = Box::pin(write_and_save(&state_path, &spec, &token, coming));
         let _ = writing
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()));
