@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     TlsKey,
     TlsCert,
     CaFile,
+    /// The system's CA bundle (e.g. `/etc/ssl/certs/ca-certificates.crt`).
+    SystemRoots,
     Template,
     /// Any file watched for changes: read to notice a change of content, so the largest cap.
     Watched,
@@ -39,6 +41,7 @@ impl Kind {
             Self::TlsKey => "tls_key_file",
             Self::TlsCert => "tls_cert_file",
             Self::CaFile => "ca_file",
+            Self::SystemRoots => "system CA bundle",
             Self::Template => "template file",
             Self::Watched => "watched file",
         }
@@ -52,7 +55,7 @@ impl Kind {
             // A secret is a few hundred bytes; an RSA-16384 key in PEM is about 12 KiB.
             Self::ClientSecret | Self::PrivateKey | Self::TlsKey | Self::Template => 64 * KIB,
             // Debian's whole CA bundle is about 220 KiB.
-            Self::TlsCert | Self::CaFile => 4 * MIB,
+            Self::TlsCert | Self::CaFile | Self::SystemRoots => 4 * MIB,
         }
     }
 }

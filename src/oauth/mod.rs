@@ -26,6 +26,7 @@ mod http;
 mod jwt;
 mod request;
 mod response;
+mod roots;
 mod session;
 
 pub(crate) use self::credentials::fingerprint_key;
