@@ -954,14 +954,18 @@ impl Bench {
             .args([&https_url, "c00000", "secret-c00000"])
             .arg(&token_path)
             .arg(&pki.ca);
+        // The system's roots as a Debian user has them: OpenSSL's variables, when this shell
+        // has them (some images set both), would make bearerd read exactly what they name.
+        let bearerd = |dir: &Path| {
+            let mut command = self.bearerd(dir, &["run", "--once"]);
+            command
+                .env_remove("SSL_CERT_FILE")
+                .env_remove("SSL_CERT_DIR");
+            command
+        };
         let mut tools: Vec<(&str, &Path, Option<String>, Command)> = vec![
-            (
-                "http",
-                &plain_dir,
-                None,
-                self.bearerd(&plain_dir, &["run", "--once"]),
-            ),
-            ("https", &dir, None, self.bearerd(&dir, &["run", "--once"])),
+            ("http", &plain_dir, None, bearerd(&plain_dir)),
+            ("https", &dir, None, bearerd(&dir)),
             ("curl_jq", &dir, curl_missing, curl),
         ];
         if !compare {
