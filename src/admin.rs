@@ -135,11 +135,15 @@ fn respond(request: &Request<Incoming>, observed: &Observed) -> Response<Full<By
                 reply(StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {
                 let names: Vec<&str> = unready.iter().map(|name| name.as_str()).collect();
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("no valid token on disk for: {}\n", names.join(", ")),
-                )
+                let mut body = format!("no valid token on disk for: {}\n", names.join(", "));
+                // A token file names its path and why it was not sent: the fix is on this
+                // machine (the kubelet, a SPIFFE agent), so say where to look.
+                for name in &unready {
+                    if let Some(problem) = status.token_file_problem(name) {
+                        body.push_str(&format!("{name}: {problem}\n"));
+                    }
+                }
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
             }
         }
         "/metrics" => reply(

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{self, Auth, Config, Endpoint, SecretSource};
+use crate::config::{self, Auth, Config, Endpoint, Grant, JwtAssertion, SecretSource};
 use crate::output::Format;
 use crate::preflight;
 use crate::state;
@@ -21,10 +21,16 @@ pub(crate) fn report(config: &Config) -> String {
     let agent = &config.agent;
     let _ = writeln!(
         out,
-        "agent: refresh_at {}, http_timeout {}, max_concurrent_requests {}, listen {}",
+        "agent: refresh_at {}, http_timeout {}, max_concurrent_requests {}, \
+         max_requests_per_second {}, listen {}",
         agent.refresh_at,
         humantime::format_duration(agent.http_timeout),
         agent.max_concurrent_requests,
+        agent
+            .max_requests_per_second
+            .map_or("off".to_owned(), |rate| format!(
+                "{rate} per token endpoint host"
+            )),
         agent
             .listen
             .map_or("off".to_owned(), |address| address.to_string()),
@@ -58,11 +64,31 @@ pub(crate) fn report(config: &Config) -> String {
                     .map_or(String::new(), |kid| format!(" (kid {kid})"))
             ),
             Auth::TlsClientAuth => "client certificate".to_owned(),
+            Auth::ClientSecretJwt {
+                secret: SecretSource::Inline(_),
+                ..
+            } => "HS256 assertion signed with client_secret (inline)".to_owned(),
+            Auth::ClientSecretJwt {
+                secret: SecretSource::File { path, .. },
+                ..
+            } => format!(
+                "HS256 assertion signed with client_secret_file {}",
+                path.display()
+            ),
+            Auth::ClientAssertion {
+                file,
+                assertion_type,
+            } => format!(
+                "client_assertion_file {} ({assertion_type}, read at every request)",
+                file.display()
+            ),
+            Auth::Public => "public client (client_id only)".to_owned(),
         };
         let method = client.request.auth_method_name().unwrap_or(
             "from discovery (first supported of client_secret_basic, client_secret_post)",
         );
         let _ = writeln!(out, "  auth       {method}, {credential}");
+        let _ = writeln!(out, "  grant      {}", grant(&client.request.grant));
         if let Some(audience) = &client.request.audience {
             let _ = writeln!(out, "  audience   {audience}");
         }
@@ -104,4 +130,49 @@ pub(crate) fn report(config: &Config) -> String {
         );
     }
     out
+}
+
+/// The grant in one line: its name and the files it reads (never their content).
+fn grant(grant: &Grant) -> String {
+    match grant {
+        Grant::ClientCredentials => "client_credentials".to_owned(),
+        Grant::TokenExchange {
+            subject,
+            actor,
+            requested_token_type,
+        } => {
+            let mut line = format!(
+                "token_exchange, subject_token_file {} ({})",
+                subject.path.display(),
+                subject.token_type
+            );
+            if let Some(actor) = actor {
+                line.push_str(&format!(
+                    ", actor_token_file {} ({})",
+                    actor.path.display(),
+                    actor.token_type
+                ));
+            }
+            if let Some(requested) = requested_token_type {
+                line.push_str(&format!(", requested_token_type {requested}"));
+            }
+            line
+        }
+        Grant::JwtBearer(JwtAssertion::File(path)) => {
+            format!("jwt_bearer, assertion_file {}", path.display())
+        }
+        Grant::JwtBearer(JwtAssertion::Signed {
+            key_file,
+            issuer,
+            subject,
+            audience,
+            ..
+        }) => format!(
+            "jwt_bearer, assertion signed with private_key_file {} (iss {}, sub {}, aud {})",
+            key_file.display(),
+            issuer.as_deref().unwrap_or("= client_id"),
+            subject.as_deref().unwrap_or("= client_id"),
+            audience.as_deref().unwrap_or("= the token endpoint"),
+        ),
+    }
 }

@@ -19,8 +19,11 @@ use tracing::{debug, warn};
 /// Everything that can make the supervisor act.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// SIGHUP, or a watched file's content changed.
+    /// SIGHUP (or a changed file the config names, as the supervisor decides).
     Reload(ReloadCause),
+    /// The content of these watched files changed (the config, a file it names, a token
+    /// file), all at once after a quiet moment.
+    FilesChanged(Vec<PathBuf>),
     /// SIGUSR1: refresh every client now.
     RefreshAll,
     /// SIGTERM or SIGINT.
@@ -177,24 +180,21 @@ impl FileWatch {
                         Err(_) => break,
                     }
                 }
-                let changed = {
+                let changed: Vec<PathBuf> = {
                     let mut files = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut changed = None;
+                    let mut changed = Vec::new();
                     for (path, digest) in files.iter_mut() {
                         let now = digest_of(path);
                         if now != *digest {
                             *digest = now;
-                            changed.get_or_insert_with(|| path.clone());
+                            changed.push(path.clone());
                         }
                     }
                     changed
                 };
-                if let Some(path) = changed {
-                    debug!(path = %path.display(), "watched file changed");
-                    if events
-                        .send(Event::Reload(ReloadCause::FileChanged(path)))
-                        .is_err()
-                    {
+                if !changed.is_empty() {
+                    debug!(files = changed.len(), "watched files changed");
+                    if events.send(Event::FilesChanged(changed)).is_err() {
                         return;
                     }
                 }

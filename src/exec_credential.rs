@@ -119,6 +119,7 @@ mod tests {
             scope: Some("tasks:read".to_owned()),
             issued_at: UNIX_EPOCH + Duration::from_secs(1_795_922_150 - 300),
             expires_at: UNIX_EPOCH + Duration::from_secs(1_795_922_150),
+            issued_token_type: None,
         }
     }
 

@@ -24,6 +24,11 @@ pub(crate) enum Kind {
     /// The system's CA bundle (e.g. `/etc/ssl/certs/ca-certificates.crt`).
     SystemRoots,
     Template,
+    /// A token made by someone else, by the config key that names it: re-read at every use.
+    ClientAssertion,
+    SubjectToken,
+    ActorToken,
+    Assertion,
     /// Any file watched for changes: read to notice a change of content, so the largest cap.
     Watched,
 }
@@ -33,7 +38,7 @@ const MIB: u64 = 1024 * KIB;
 
 impl Kind {
     /// How the file is called in messages: its config key where it has one.
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Config => "config file",
             Self::ClientSecret => "secret file",
@@ -43,6 +48,10 @@ impl Kind {
             Self::CaFile => "ca_file",
             Self::SystemRoots => "system CA bundle",
             Self::Template => "template file",
+            Self::ClientAssertion => "client_assertion_file",
+            Self::SubjectToken => "subject_token_file",
+            Self::ActorToken => "actor_token_file",
+            Self::Assertion => "assertion_file",
             Self::Watched => "watched file",
         }
     }
@@ -53,7 +62,15 @@ impl Kind {
             // 10,000 clients take about 2 MiB; this leaves room for 80,000.
             Self::Config | Self::Watched => 16 * MIB,
             // A secret is a few hundred bytes; an RSA-16384 key in PEM is about 12 KiB.
-            Self::ClientSecret | Self::PrivateKey | Self::TlsKey | Self::Template => 64 * KIB,
+            // A JWT (a projected service-account token, a JWT-SVID) is one or two KiB.
+            Self::ClientSecret
+            | Self::PrivateKey
+            | Self::TlsKey
+            | Self::Template
+            | Self::ClientAssertion
+            | Self::SubjectToken
+            | Self::ActorToken
+            | Self::Assertion => 64 * KIB,
             // Debian's whole CA bundle is about 220 KiB.
             Self::TlsCert | Self::CaFile | Self::SystemRoots => 4 * MIB,
         }

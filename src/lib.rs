@@ -9,6 +9,8 @@
 //! - [`oauth`]: one token request (auth methods, discovery, response parsing).
 //! - `schedule`: pure timing: refresh deadlines and backoff.
 //! - [`clock`]: the only place that reads the wall clock or sleeps.
+//! - `rate`: `[agent] max_requests_per_second`, a token bucket per token endpoint host (pure
+//!   buckets; the clock sleeps).
 //! - [`output`]: rendering formats (pure) and atomic, durable file writes.
 //! - [`state`]: the per-client state file that lets a restart reuse a valid token, and the lock
 //!   beside it that `token --cached` callers share.
@@ -41,6 +43,7 @@ mod metrics;
 pub mod oauth;
 pub mod output;
 pub mod preflight;
+mod rate;
 mod schedule;
 pub mod secret;
 pub mod state;

@@ -1,5 +1,5 @@
 //! Prometheus metrics: per-client token expiry, refreshes by result, last error time, request
-//! duration, and build info. Updated by the supervisor from worker reports; read by `admin`.
+//! duration, unusable token files, and build info. Updated by the supervisor from worker reports; read by `admin`.
 //! Never a secret or a token in a label or a value.
 
 use std::sync::Mutex;
@@ -57,6 +57,7 @@ pub(crate) struct Metrics {
     refreshes: Family<ResultLabel, Counter>,
     last_error: Family<ClientLabel, Gauge>,
     durations: DurationHistograms,
+    token_file_unusable: Family<ClientLabel, Gauge>,
     reload_successful: Gauge,
 }
 
@@ -74,6 +75,7 @@ impl Default for Metrics {
         let refreshes = Family::<ResultLabel, Counter>::default();
         let last_error = Family::<ClientLabel, Gauge>::default();
         let durations: DurationHistograms = Family::new_with_constructor(duration_histogram);
+        let token_file_unusable = Family::<ClientLabel, Gauge>::default();
         let reload_successful = Gauge::default();
         reload_successful.set(1);
         registry.register(
@@ -97,6 +99,13 @@ impl Default for Metrics {
             durations.clone(),
         );
         registry.register(
+            "bearerd_token_file_unusable",
+            "Whether the client's last attempt sent nothing because a token file it reads (a \
+             client assertion, subject, actor or jwt_bearer assertion) was unreadable, empty, \
+             expired or not yet valid (1), or not (0); only for clients that read token files",
+            token_file_unusable.clone(),
+        );
+        registry.register(
             "bearerd_config_last_reload_successful",
             "Whether the last reload applied its configuration (1), or refused it as invalid (0)",
             reload_successful.clone(),
@@ -114,6 +123,7 @@ impl Default for Metrics {
             refreshes,
             last_error,
             durations,
+            token_file_unusable,
             reload_successful,
         }
     }
@@ -157,6 +167,13 @@ impl Metrics {
         self.last_error.get_or_create(&label(client)).set(unix(at));
     }
 
+    /// A client that reads token files: whether its last attempt found them usable.
+    pub(crate) fn token_files_checked(&self, client: &ClientName, usable: bool) {
+        self.token_file_unusable
+            .get_or_create(&label(client))
+            .set(i64::from(!usable));
+    }
+
     pub(crate) fn config_reloaded(&self, applied: bool) {
         self.reload_successful.set(i64::from(applied));
     }
@@ -167,6 +184,7 @@ impl Metrics {
         self.expiry.remove(&client_label);
         self.last_error.remove(&client_label);
         self.durations.remove(&client_label);
+        self.token_file_unusable.remove(&client_label);
         for result in [RequestResult::Success, RequestResult::Failure] {
             self.refreshes.remove(&ResultLabel {
                 client: client.to_string(),
@@ -199,6 +217,7 @@ mod tests {
         metrics.request_finished(&client, RequestResult::Success, Duration::from_millis(20));
         metrics.request_finished(&client, RequestResult::Failure, Duration::from_millis(30));
         metrics.request_failed_at(&client, at);
+        metrics.token_files_checked(&client, false);
         let text = metrics.encode();
         for line in [
             "bearerd_token_expiry_timestamp_seconds{client=\"tasklist\"} 1800000000",
@@ -206,6 +225,7 @@ mod tests {
             "bearerd_refreshes_total{client=\"tasklist\",result=\"failure\"} 1",
             "bearerd_last_error_timestamp_seconds{client=\"tasklist\"} 1800000000",
             "bearerd_request_duration_seconds_count{client=\"tasklist\"} 2",
+            "bearerd_token_file_unusable{client=\"tasklist\"} 1",
             &format!(
                 "bearerd_build_info{{version=\"{}\"}} 1",
                 env!("CARGO_PKG_VERSION")

@@ -16,7 +16,7 @@ use crate::files::{self, Own, OwnFileError};
 use crate::oauth;
 use crate::output;
 use crate::secret::{self, Secret};
-use crate::token::{Token, is_b64token};
+use crate::token::{Token, is_b64token, is_token_type_uri};
 
 /// Unchanged when the fingerprint became keyed: a file with an unkeyed digest simply does not
 /// match, which costs one fetch after the upgrade.
@@ -35,6 +35,9 @@ struct Persisted {
     scope: Option<String>,
     issued_at: u64,
     expires_at: u64,
+    /// Absent in files written before token exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<String>,
 }
 
 /// Where a client's state lives: `state_dir/NAME.json`, else a hidden file beside its first
@@ -122,7 +125,12 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     if persisted.version != VERSION || !fingerprint_matches(&persisted.settings, client) {
         return None;
     }
-    if !is_b64token(&persisted.access_token) {
+    if !is_b64token(&persisted.access_token)
+        || persisted
+            .issued_token_type
+            .as_deref()
+            .is_some_and(|kind| !is_token_type_uri(kind))
+    {
         return None;
     }
     let at = |secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs));
@@ -132,6 +140,7 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
         scope: persisted.scope,
         issued_at: at(persisted.issued_at)?,
         expires_at: at(persisted.expires_at)?,
+        issued_token_type: persisted.issued_token_type,
     })
 }
 
@@ -147,6 +156,7 @@ pub fn save(path: &Path, client: &ClientSpec, token: &Token) -> Result<(), Strin
         scope: token.scope.clone(),
         issued_at: crate::clock::Clock::unix_seconds(token.issued_at),
         expires_at: crate::clock::Clock::unix_seconds(token.expires_at),
+        issued_token_type: token.issued_token_type.clone(),
     };
     let bytes = serde_json::to_vec(&persisted)
         .map_err(|error| format!("cannot encode state for {}: {error}", path.display()))?;
@@ -261,6 +271,45 @@ mod tests {
                 .request
                 .canonical_settings()
                 .contains("secret-one")
+        );
+    }
+
+    /// A client assertion the kubelet rotates keeps the saved token (the file's path is in
+    /// the fingerprint, its content is not), and the issued token type survives a restart.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
+    fn a_rotated_token_file_keeps_the_saved_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let assertion = dir.path().join("token");
+        std::fs::write(&assertion, "first.assertion.x").expect("write");
+        let text = format!(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             auth_method = \"client_assertion\"\nclient_assertion_file = {:?}\n\
+             [[clients.api.output]]\npath = {:?}\n",
+            assertion.display().to_string(),
+            dir.path().join("api.token").display().to_string()
+        );
+        let parse = |text: &str| {
+            crate::config::Config::parse(&dir.path().join("bearerd.toml"), text, &|_| {
+                Err(std::env::VarError::NotPresent)
+            })
+            .expect("valid config")
+            .clients
+            .remove(0)
+        };
+        let spec = parse(&text);
+        let path = dir.path().join("state.json");
+        let mut token = crate::token::sample("abc.def", None, 4_000_000_000);
+        token.issued_token_type = Some("urn:ietf:params:oauth:token-type:access_token".into());
+        save(&path, &spec, &token).expect("save");
+        std::fs::write(&assertion, "second.assertion.y").expect("rotate");
+        assert_eq!(load(&path, &spec), Some(token));
+        let elsewhere = parse(&text.replace("/token\"\n[[", "/other\"\n[["));
+        assert_ne!(elsewhere.request, spec.request);
+        assert_eq!(
+            load(&path, &elsewhere),
+            None,
+            "another file is another identity"
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{ClientName, Config, ConfigError};
@@ -37,6 +37,8 @@ struct ClientStatus {
     last_error_at: Option<SystemTime>,
     refreshes_ok: u64,
     refreshes_failed: u64,
+    /// The last attempt sent nothing because a token file was unusable: which and why.
+    token_file_problem: Option<String>,
 }
 
 impl Status {
@@ -52,6 +54,11 @@ impl Status {
             .filter(|(_, client)| client.expires_at.is_none_or(|expires_at| expires_at <= now))
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// Why an unready client's last attempt sent nothing, when a token file was the reason.
+    pub(crate) fn token_file_problem(&self, client: &ClientName) -> Option<&str> {
+        self.clients.get(client)?.token_file_problem.as_deref()
     }
 
     /// One line for `systemctl status`: "3 clients, 3 fresh, next refresh in 4m".
@@ -164,7 +171,6 @@ pub(crate) enum Notice {
 /// stand-ins); returns after `Event::Shutdown` or when `events` closes, with no task left.
 pub(crate) struct Supervisor {
     config: Config,
-    clock: Clock,
     context: Arc<WorkerContext>,
     workers: HashMap<ClientName, Running>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
@@ -194,11 +200,10 @@ impl Supervisor {
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Self {
         let (reports_tx, reports) = mpsc::unbounded_channel();
-        let context = WorkerContext::new(config.agent.clone(), clock.clone());
+        let context = WorkerContext::new(config.agent.clone(), clock);
         let (watched_files, _) = watch::channel(config.watched_files());
         Self {
             context,
-            clock,
             workers: HashMap::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
@@ -239,6 +244,7 @@ impl Supervisor {
                 event = events.recv() => match event {
                     None | Some(Event::Shutdown) => break,
                     Some(Event::Reload(cause)) => self.reload(cause),
+                    Some(Event::FilesChanged(paths)) => self.files_changed(paths),
                     Some(Event::RefreshAll) => {
                         info!("refreshing every client now");
                         self.broadcast(Command::RefreshNow);
@@ -334,6 +340,32 @@ impl Supervisor {
         }
     }
 
+    /// Watched files changed: a token file retries the clients that read it and are waiting
+    /// on a failure (it is read at every request, so the config is unchanged); any other file
+    /// reloads.
+    fn files_changed(&mut self, paths: Vec<PathBuf>) {
+        let token_files = self.config.token_files();
+        let (token_paths, others): (Vec<PathBuf>, Vec<PathBuf>) = paths
+            .into_iter()
+            .partition(|path| token_files.binary_search(path).is_ok());
+        for path in &token_paths {
+            for client in &self.config.clients {
+                let reads = client
+                    .request
+                    .token_files()
+                    .iter()
+                    .any(|(_, file)| *file == path.as_path());
+                if reads && let Some(running) = self.workers.get(&client.name) {
+                    debug!(client = %client.name, path = %path.display(), "token file changed");
+                    let _ = running.commands.send(Command::TokenFileChanged);
+                }
+            }
+        }
+        if let Some(first) = others.into_iter().next() {
+            self.reload(ReloadCause::FileChanged(first));
+        }
+    }
+
     fn reload(&mut self, cause: ReloadCause) {
         match &cause {
             ReloadCause::Signal => info!("reloading (SIGHUP)"),
@@ -402,7 +434,7 @@ impl Supervisor {
                     warn!("a change of [agent] listen takes effect at the next restart");
                 }
                 if self.config.agent != new.agent {
-                    self.context = WorkerContext::new(new.agent.clone(), self.clock.clone());
+                    self.context = self.context.renewed(new.agent.clone());
                 } else {
                     // Certificates, keys and CA files may have changed in place.
                     self.context.http.forget();
@@ -440,6 +472,19 @@ impl Supervisor {
         {
             return; // a late report from a worker that was just stopped or replaced
         }
+        let reads_token_files = self
+            .config
+            .client(client.as_str())
+            .is_some_and(|spec| !spec.request.token_files().is_empty());
+        match &report {
+            Report::Fresh { .. } if reads_token_files => {
+                self.metrics.token_files_checked(&client, true);
+            }
+            Report::Failed { token_file, .. } if reads_token_files => {
+                self.metrics.token_files_checked(&client, !token_file);
+            }
+            _ => {}
+        }
         match &report {
             Report::Fresh {
                 expires_at, origin, ..
@@ -472,6 +517,7 @@ impl Supervisor {
                     entry.expires_at = Some(expires_at);
                     entry.next_refresh = Some(next_refresh);
                     entry.last_error = None;
+                    entry.token_file_problem = None;
                     if let Origin::Fetched { .. } = origin {
                         entry.refreshes_ok += 1;
                     }
@@ -480,8 +526,10 @@ impl Supervisor {
                     message,
                     at,
                     retry_at,
+                    token_file,
                     ..
                 } => {
+                    entry.token_file_problem = token_file.then(|| message.clone());
                     entry.last_error = Some(message);
                     entry.last_error_at = Some(at);
                     entry.next_refresh = Some(retry_at);

@@ -14,6 +14,19 @@ pub struct Token {
     pub scope: Option<String>,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
+    /// RFC 8693 `issued_token_type`, when a token exchange's response named it.
+    pub issued_token_type: Option<String>,
+}
+
+/// Whether `text` may be an RFC 8693 token type: an absolute URI of at most 512 characters
+/// made of RFC 3986 characters (no space, quote, backslash or control character), so that it
+/// is safe in every output format.
+pub fn is_token_type_uri(text: &str) -> bool {
+    (1..=512).contains(&text.len())
+        && text.contains(':')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b))
 }
 
 /// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`. Such a
@@ -36,6 +49,7 @@ pub(crate) fn sample(access_token: &str, scope: Option<&str>, expires_at: u64) -
         scope: scope.map(str::to_owned),
         issued_at: UNIX_EPOCH + Duration::from_secs(expires_at - 300),
         expires_at: UNIX_EPOCH + Duration::from_secs(expires_at),
+        issued_token_type: None,
     }
 }
 

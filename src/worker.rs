@@ -13,25 +13,46 @@ use crate::config::{Agent, ClientName, ClientSpec, OnExpiry};
 use crate::hooks;
 use crate::oauth::{FetchError, HttpClients, Session};
 use crate::output;
+use crate::rate::{self, RateLimits};
 use crate::schedule::{self, Backoff, Failure};
 use crate::state;
 use crate::token::Token;
 
 /// What every worker of one configuration uses besides its own client: agent settings, the
-/// clock, the bound on requests in flight, and HTTP clients (one per distinct TLS setting, so
-/// connection pools and root stores are shared). A change of `[agent]` makes a new one.
+/// clock, the bound on requests in flight, the request rate per host, and HTTP clients (one
+/// per distinct TLS setting, so connection pools and root stores are shared). A change of
+/// `[agent]` makes a new one ([`WorkerContext::renewed`]).
 pub(crate) struct WorkerContext {
     agent: Agent,
     clock: Clock,
     permits: Arc<Semaphore>,
+    rate: Arc<RateLimits>,
     pub(crate) http: HttpClients,
 }
 
 impl WorkerContext {
     pub(crate) fn new(agent: Agent, clock: Clock) -> Arc<Self> {
+        let rate = RateLimits::new(agent.max_requests_per_second);
+        Self::with_rate(agent, clock, rate)
+    }
+
+    /// The context for a changed `[agent]`: new but for the request rate's buckets, kept
+    /// while `max_requests_per_second` is unchanged, so that a reload (which restarts every
+    /// worker) cannot let a host's next request go early.
+    pub(crate) fn renewed(&self, agent: Agent) -> Arc<Self> {
+        let rate = if self.rate.per_second() == agent.max_requests_per_second {
+            Arc::clone(&self.rate)
+        } else {
+            RateLimits::new(agent.max_requests_per_second)
+        };
+        Self::with_rate(agent, self.clock.clone(), rate)
+    }
+
+    fn with_rate(agent: Agent, clock: Clock, rate: Arc<RateLimits>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
             http: HttpClients::new(agent.http_timeout),
+            rate,
             agent,
             clock,
         })
@@ -151,6 +172,8 @@ pub(crate) enum Report {
         retry_at: SystemTime,
         /// How long the attempt's request took.
         latency: Duration,
+        /// Nothing was sent: a token file was unusable (`message` names it and says why).
+        token_file: bool,
     },
     /// The token on disk has expired and no new one came.
     Expired { client: ClientName },
@@ -177,6 +200,8 @@ pub(crate) struct Reporter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Command {
     RefreshNow,
+    /// A token file this client reads changed: if the last attempt failed, retry now.
+    TokenFileChanged,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
     ClockChanged,
 }
@@ -287,10 +312,18 @@ impl Worker {
             // From now until its files are renamed, this worker's write is coming: a batch's
             // directory syncs wait for it (a bounded time), so one sync covers the batch.
             let coming = output::WriteComing::new();
-            // The place in flight is held until this attempt's files and state are written
-            // (not until their directories are synced: that is shared with others in flight).
+            // The place in flight is held until this attempt's files and state are written (not
+            // until their directories are synced: that is shared with others in flight). It
+            // is taken once the host's request rate allows a request (every attempt spends a
+            // turn, failed ones too), and after the backoff and any Retry-After: the rate only
+            // ever adds to that wait.
             let permits = Arc::clone(&self.context.permits);
-            let Ok(in_flight) = permits.acquire().await else {
+            let host = rate::host_of(self.session.next_url(&self.spec.request));
+            let paced = self
+                .context
+                .rate
+                .paced(host, &self.context.clock, permits.acquire());
+            let Ok(in_flight) = Box::pin(paced).await else {
                 return Err("shutting down".to_owned());
             };
             let (fetched, latency) = self.fetch(&mut progress).await;
@@ -374,6 +407,12 @@ impl Worker {
                 () = clock.sleep_until(wake) => {}
                 command = commands.recv() => match command {
                     Some(Command::RefreshNow) => progress.refresh_requested(clock),
+                    // A healthy client keeps its token: the next refresh reads the new file.
+                    Some(Command::TokenFileChanged) if progress.last_error.is_some() => {
+                        info!("a token file changed; retrying");
+                        progress.refresh_requested(clock);
+                    }
+                    Some(Command::TokenFileChanged) => {}
                     Some(Command::ClockChanged) => {
                         debug!("clock changed; re-checking deadlines");
                         progress.clock_changed(clock);
@@ -505,6 +544,7 @@ impl Worker {
             at: now,
             retry_at: progress.due,
             latency,
+            token_file: failed.token_file,
         });
     }
 
@@ -546,6 +586,8 @@ struct FailedAttempt {
     failure: Failure,
     retry_after: Option<Duration>,
     message: String,
+    /// A token file was unusable, so nothing was sent.
+    token_file: bool,
 }
 
 impl FailedAttempt {
@@ -558,6 +600,7 @@ impl FailedAttempt {
             },
             retry_after: error.retry_after(),
             message: error.to_string(),
+            token_file: error.is_token_file(),
         }
     }
 
@@ -568,6 +611,7 @@ impl FailedAttempt {
             failure: Failure::Transient,
             retry_after: None,
             message,
+            token_file: false,
         }
     }
 }
@@ -689,6 +733,29 @@ mod tests {
         assert!(progress.refresh_waiting);
     }
 
+    /// A reload that changes `[agent]` but not `max_requests_per_second` keeps the hosts'
+    /// buckets (their next turns), so restarted workers cannot send early; a new rate starts
+    /// new buckets.
+    #[test]
+    fn the_request_rate_outlives_an_agent_change_that_leaves_it_alone() {
+        let limited = Agent {
+            max_requests_per_second: Some(2.0),
+            ..Agent::default()
+        };
+        let context = WorkerContext::new(limited.clone(), Clock::system());
+        let renewed = context.renewed(Agent {
+            refresh_at: 0.5,
+            ..limited.clone()
+        });
+        assert!(Arc::ptr_eq(&context.rate, &renewed.rate));
+        let faster = renewed.renewed(Agent {
+            max_requests_per_second: Some(4.0),
+            ..limited
+        });
+        assert!(!Arc::ptr_eq(&renewed.rate, &faster.rate));
+        assert_eq!(faster.rate.per_second(), Some(4.0));
+    }
+
     /// A worker aborted (a reload, SIGTERM) once its token files are being written still saves
     /// the state, so the next start reuses the token instead of fetching one more.
     #[test]
@@ -714,6 +781,7 @@ mod tests {
             scope: None,
             issued_at,
             expires_at: issued_at + Duration::from_secs(3600),
+            issued_token_type: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -28,6 +28,7 @@ fuzz_target!(|input: (&str, &str, u64, u64, &str)| {
             scope: None,
             issued_at: UNIX_EPOCH,
             expires_at: UNIX_EPOCH + Duration::from_secs(lifetime % (1 << 40)),
+            issued_token_type: None,
         };
         let _ = render(&Format::Template(template), &token, client);
     }
@@ -41,6 +42,7 @@ fuzz_target!(|input: (&str, &str, u64, u64, &str)| {
         scope: Some("a b".to_owned()),
         issued_at,
         expires_at: issued_at + Duration::from_secs(lifetime % (1 << 40)),
+        issued_token_type: None,
     };
 
     if is_env_variable(variable) {

@@ -79,6 +79,8 @@ pub struct RequestSpec {
     pub(crate) endpoint: Endpoint,
     pub(crate) client_id: String,
     pub auth: Auth,
+    /// What the client trades for a token (`grant_type`).
+    pub(crate) grant: Grant,
     pub(crate) audience: Option<String>,
     pub(crate) scope: Option<String>,
     /// Sent as extra token-request parameters, in key order.
@@ -113,6 +115,92 @@ pub enum Auth {
     },
     /// RFC 8705: the client certificate in [`TlsSettings::identity`] is the credential.
     TlsClientAuth,
+    /// `client_assertion`: a JWT made by someone else (a projected Kubernetes service-account
+    /// token, a SPIFFE JWT-SVID), read from `file` at every request.
+    ClientAssertion {
+        file: PathBuf,
+        /// `client_assertion_type`; RFC 7523's jwt-bearer type unless configured.
+        assertion_type: String,
+    },
+    /// `client_secret_jwt` (OIDC Core §9): an HS256 assertion signed with the client secret.
+    ClientSecretJwt {
+        secret: SecretSource,
+        /// The assertion's `aud`; `None`: the token endpoint URL.
+        assertion_audience: Option<String>,
+    },
+    /// `auth_method = "none"`: a public client, only `client_id` in the body.
+    Public,
+}
+
+/// What the client trades for a token: `grant_type`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Grant {
+    ClientCredentials,
+    /// RFC 8693 token exchange.
+    TokenExchange {
+        subject: TypedTokenFile,
+        actor: Option<TypedTokenFile>,
+        requested_token_type: Option<String>,
+    },
+    /// RFC 7523 §2.1: a JWT as the authorization grant.
+    JwtBearer(JwtAssertion),
+}
+
+/// A token file and the RFC 8693 token type it is sent as.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TypedTokenFile {
+    pub path: PathBuf,
+    pub token_type: String,
+}
+
+/// Where a `jwt_bearer` grant's assertion comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum JwtAssertion {
+    /// `assertion_file`: made elsewhere, read at every request.
+    File(PathBuf),
+    /// Signed by bearerd with `private_key_file` (RS256 or ES256) at every request.
+    Signed {
+        key_file: PathBuf,
+        key_id: Option<String>,
+        /// `iss`; `None`: the client id.
+        issuer: Option<String>,
+        /// `sub`; `None`: the client id.
+        subject: Option<String>,
+        /// `aud`; `None`: the token endpoint URL.
+        audience: Option<String>,
+    },
+}
+
+/// RFC 8693's type of a JWT, the default `subject_token_type` and `actor_token_type`.
+pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// RFC 7523's client assertion type, the default `client_assertion_type`.
+pub(crate) const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+impl Grant {
+    /// The name used in the config's `grant_type = "…"`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange { .. } => "token_exchange",
+            Self::JwtBearer(_) => "jwt_bearer",
+        }
+    }
+
+    /// The token files this grant reads at every request, with the config key naming each.
+    pub(crate) fn token_files(&self) -> Vec<(&'static str, &Path)> {
+        match self {
+            Self::ClientCredentials | Self::JwtBearer(JwtAssertion::Signed { .. }) => Vec::new(),
+            Self::TokenExchange { subject, actor, .. } => {
+                let mut files = vec![("subject_token_file", subject.path.as_path())];
+                if let Some(actor) = actor {
+                    files.push(("actor_token_file", actor.path.as_path()));
+                }
+                files
+            }
+            Self::JwtBearer(JwtAssertion::File(path)) => vec![("assertion_file", path.as_path())],
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -227,7 +315,22 @@ impl RequestSpec {
             Auth::Secret { method, .. } => method.map(SecretMethod::as_str),
             Auth::PrivateKeyJwt { .. } => Some("private_key_jwt"),
             Auth::TlsClientAuth => Some("tls_client_auth"),
+            Auth::ClientAssertion { .. } => Some("client_assertion"),
+            Auth::ClientSecretJwt { .. } => Some("client_secret_jwt"),
+            Auth::Public => Some("none"),
         }
+    }
+
+    /// Every token file this client reads at each request (its client assertion, its grant's
+    /// subject, actor or assertion), with the config key naming each: watched, so that a
+    /// client waiting on a bad one retries as soon as it is rewritten.
+    pub(crate) fn token_files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = Vec::new();
+        if let Auth::ClientAssertion { file, .. } = &self.auth {
+            files.push(("client_assertion_file", file.as_path()));
+        }
+        files.extend(self.grant.token_files());
+        files
     }
 
     /// The settings that decide which token the server issues, as one canonical string with no
@@ -240,6 +343,7 @@ impl RequestSpec {
             endpoint,
             client_id,
             auth,
+            grant,
             audience,
             scope,
             extra_params,
@@ -265,16 +369,65 @@ impl RequestSpec {
                 format!("private_key_jwt:{}:{key_id:?}", key_file.display())
             }
             Auth::TlsClientAuth => "tls_client_auth".to_owned(),
+            // A token file is named by its path and type, never by its content: the kubelet
+            // rotates it hourly, and a rotation must not throw away a still-valid saved token.
+            Auth::ClientAssertion {
+                file,
+                assertion_type,
+            } => format!("client_assertion:{}:{assertion_type}", file.display()),
+            Auth::ClientSecretJwt {
+                secret: _,
+                assertion_audience: _,
+            } => "client_secret_jwt".to_owned(),
+            Auth::Public => "none".to_owned(),
         };
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "endpoint": endpoint,
             "client_id": client_id,
             "auth": auth,
             "audience": audience,
             "scope": scope,
             "extra_params": extra_params,
-        })
-        .to_string()
+        });
+        // Absent for client_credentials, so that the files saved before grants existed match.
+        let grant = match grant {
+            Grant::ClientCredentials => None,
+            Grant::TokenExchange {
+                subject,
+                actor,
+                requested_token_type,
+            } => Some(serde_json::json!({
+                "token_exchange": {
+                    "subject": [subject.path.display().to_string(), &subject.token_type],
+                    "actor": actor
+                        .as_ref()
+                        .map(|actor| [actor.path.display().to_string(), actor.token_type.clone()]),
+                    "requested_token_type": requested_token_type,
+                }
+            })),
+            Grant::JwtBearer(JwtAssertion::File(path)) => {
+                Some(serde_json::json!({ "jwt_bearer_file": path.display().to_string() }))
+            }
+            Grant::JwtBearer(JwtAssertion::Signed {
+                key_file,
+                key_id,
+                issuer,
+                subject,
+                // Like private_key_jwt's: where the assertion is presented, not what is asked.
+                audience: _,
+            }) => Some(serde_json::json!({
+                "jwt_bearer_signed": {
+                    "key_file": key_file.display().to_string(),
+                    "key_id": key_id,
+                    "iss": issuer,
+                    "sub": subject,
+                }
+            })),
+        };
+        if let (Some(grant), Some(object)) = (grant, settings.as_object_mut()) {
+            object.insert("grant".to_owned(), grant);
+        }
+        settings.to_string()
     }
 }
 

@@ -153,7 +153,7 @@ mod tests {
             [
                 "/etc/bearerd/bearerd.toml:2:1: agent.é€: unknown key; expected one of: \
               refresh_at, listen, log_format, http_timeout, max_concurrent_requests, \
-              default_lifetime, backoff_min, backoff_max, state_dir"
+              max_requests_per_second, default_lifetime, backoff_min, backoff_max, state_dir"
             ]
         );
         let lines = errors("\nagent = { \"é\" = 1, refresh_at = 2.0 }\n");

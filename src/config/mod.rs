@@ -29,9 +29,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::client::{
-    Auth, ClientName, ClientSpec, Endpoint, OnExpiry, OnRefresh, RequestSpec, SecretMethod,
-    SecretSource, TlsIdentity, TlsSettings,
+    Auth, ClientName, ClientSpec, Endpoint, Grant, JwtAssertion, OnExpiry, OnRefresh, RequestSpec,
+    SecretMethod, SecretSource, TlsIdentity, TlsSettings, TypedTokenFile,
 };
+pub(crate) use self::client::{JWT_BEARER_ASSERTION_TYPE, JWT_TOKEN_TYPE};
 pub use self::diagnostic::{ConfigError, Diagnostic, SHOWN_PROBLEMS};
 pub(crate) use self::url::{check_url_scheme, display_url};
 
@@ -56,6 +57,8 @@ pub struct Agent {
     pub log_format: LogFormat,
     pub(crate) http_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
+    /// Token requests per second to each token endpoint host (0.001 to 10,000); `None`: no limit.
+    pub(crate) max_requests_per_second: Option<f64>,
     /// Lifetime assumed when a response has neither `expires_in` nor a JWT `exp`.
     pub(crate) default_lifetime: Duration,
     pub(crate) backoff_min: Duration,
@@ -72,6 +75,7 @@ impl Default for Agent {
             log_format: LogFormat::Text,
             http_timeout: Duration::from_secs(10),
             max_concurrent_requests: 4,
+            max_requests_per_second: None,
             default_lifetime: Duration::from_secs(300),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
@@ -96,8 +100,19 @@ impl Config {
                     secret: SecretSource::File { path, .. },
                     ..
                 } => files.push(path.clone()),
+                Auth::ClientSecretJwt {
+                    secret: SecretSource::File { path, .. },
+                    ..
+                } => files.push(path.clone()),
                 Auth::PrivateKeyJwt { key_file, .. } => files.push(key_file.clone()),
-                Auth::Secret { .. } | Auth::TlsClientAuth => {}
+                Auth::Secret { .. }
+                | Auth::ClientSecretJwt { .. }
+                | Auth::TlsClientAuth
+                | Auth::ClientAssertion { .. }
+                | Auth::Public => {}
+            }
+            if let Grant::JwtBearer(JwtAssertion::Signed { key_file, .. }) = &client.request.grant {
+                files.push(key_file.clone());
             }
             if let Some(identity) = &client.request.tls.identity {
                 files.push(identity.key_file.clone());
@@ -106,9 +121,27 @@ impl Config {
         files
     }
 
-    /// Every file whose change should trigger a reload: the config and the files it names.
+    /// The token files clients read at every request (assertions, subject and actor tokens):
+    /// watched, but a change retries the clients waiting on them instead of reloading.
+    /// Not in [`Config::credential_files`]: short-lived and audience-bound, they are often
+    /// readable by others by design (a projected volume), so no permission warning.
+    pub(crate) fn token_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .clients
+            .iter()
+            .flat_map(|client| client.request.token_files())
+            .map(|(_, path)| path.to_path_buf())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// Every file whose change should trigger a reload, or (token files) a retry: the config
+    /// and the files it names.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = self.credential_files();
+        files.extend(self.token_files());
         for client in &self.clients {
             if let Some(identity) = &client.request.tls.identity {
                 files.push(identity.cert_file.clone());
@@ -138,6 +171,30 @@ mod tests {
     use super::*;
     use crate::output::Format;
     use crate::secret::Secret;
+
+    #[test]
+    fn the_request_rate_is_off_unless_set_and_takes_whole_numbers_and_fractions() {
+        let base = TASKLIST.replace("max_concurrent_requests = 2", "");
+        let rate = |line: &str| {
+            parse(&base.replace("[agent]", &format!("[agent]\n{line}")))
+                .expect("valid")
+                .agent
+                .max_requests_per_second
+        };
+        assert_eq!(rate(""), None);
+        assert_eq!(rate("max_requests_per_second = 2"), Some(2.0));
+        assert_eq!(rate("max_requests_per_second = 0.5"), Some(0.5));
+        for bad in ["0", "-1", "0.0001", "20000", "nan", "inf"] {
+            let lines = errors(&base.replace(
+                "[agent]",
+                &format!("[agent]\nmax_requests_per_second = {bad}"),
+            ));
+            assert!(
+                lines.len() == 1 && lines[0].contains("agent.max_requests_per_second: expected"),
+                "{bad}: {lines:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_full_config_parses_into_typed_settings() {

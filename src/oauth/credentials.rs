@@ -1,18 +1,20 @@
 //! How a client proves who it is: the [`Credentials`] of one request (the configured method, or
 //! the first the discovery document lists that bearerd supports), with the credential files
-//! read at use so that a rotated secret or key needs no reload; the credential's bytes that key
-//! a state file's fingerprint; the Basic header; the forms in which a server may echo a secret,
-//! for redaction. It sends nothing and signs nothing (`jwt` signs the assertion).
+//! read at use so that a rotated secret, key or client assertion needs no reload; the
+//! credential's bytes that key a state file's fingerprint; the Basic header. It sends nothing
+//! and signs nothing (`jwt` signs the assertions).
+
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::HeaderValue;
-use serde_json::Value;
 use url::Url;
 use url::form_urlencoded;
 
 use super::error::FetchError;
-use crate::config::{Auth, RequestSpec, SecretMethod};
+use super::token_file;
+use crate::config::{Auth, Grant, JwtAssertion, RequestSpec, SecretMethod};
 use crate::files;
 use crate::secret::Secret;
 
@@ -35,14 +37,28 @@ pub(super) enum Credentials {
     },
     /// `tls_client_auth` (RFC 8705): the HTTP client's certificate is the credential.
     TlsClientAuth,
+    /// `client_secret_jwt` (OIDC Core §9): an HS256 JWT signed with the client secret.
+    SecretJwt {
+        secret: Secret,
+        assertion_audience: String,
+    },
+    /// `client_assertion`: a JWT made elsewhere, as read from its file for this request.
+    ClientAssertion {
+        assertion: Secret,
+        assertion_type: String,
+    },
+    /// `none`: a public client.
+    Public,
 }
 
 impl Credentials {
-    /// The credentials for one request; a secret file is re-read so rotation needs no reload.
+    /// The credentials for one request at `now`; a secret file is re-read so rotation needs
+    /// no reload, and a client assertion file so that the kubelet's rotation is followed.
     pub(super) fn current(
         spec: &RequestSpec,
         discovered_methods: Option<&[String]>,
         token_url: &Url,
+        now: SystemTime,
     ) -> Result<Self, FetchError> {
         match &spec.auth {
             Auth::Secret { secret, method } => {
@@ -73,19 +89,38 @@ impl Credentials {
                 })
             }
             Auth::TlsClientAuth => Ok(Credentials::TlsClientAuth),
+            Auth::ClientSecretJwt {
+                secret,
+                assertion_audience,
+            } => Ok(Credentials::SecretJwt {
+                secret: secret.current().map_err(FetchError::transient)?,
+                assertion_audience: assertion_audience
+                    .clone()
+                    .unwrap_or_else(|| token_url.to_string()),
+            }),
+            Auth::ClientAssertion {
+                file,
+                assertion_type,
+            } => Ok(Credentials::ClientAssertion {
+                assertion: token_file::read(file, files::Kind::ClientAssertion, now)?,
+                assertion_type: assertion_type.clone(),
+            }),
+            Auth::Public => Ok(Credentials::Public),
         }
     }
 }
 
 /// What the client proves itself with, read now, as the key of its state file's fingerprint:
-/// its secret or private key, and its TLS client key when it has one (`None` if it has neither).
-/// Each part is labelled and length-prefixed, so no two different credentials give the same
-/// bytes. The files are read as the request reads them, so a credential the request can use
-/// is one the fingerprint can use.
+/// its secret or private key, a `jwt_bearer` grant's signing key, and its TLS client key when
+/// it has one (`None` if it has none). Each part is labelled and length-prefixed, so no two
+/// different credentials give the same bytes. The files are read as the request reads them,
+/// so a credential the request can use is one the fingerprint can use. Token files
+/// (assertions, subject and actor tokens) are left out on purpose: the kubelet rotates them
+/// hourly, and a rotation must not throw away a still-valid saved token.
 pub(crate) fn fingerprint_key(spec: &RequestSpec) -> Result<Option<Vec<u8>>, String> {
     let mut parts: Vec<(&str, Vec<u8>)> = Vec::new();
     match &spec.auth {
-        Auth::Secret { secret, .. } => {
+        Auth::Secret { secret, .. } | Auth::ClientSecretJwt { secret, .. } => {
             parts.push(("secret", secret.current()?.expose().as_bytes().to_vec()));
         }
         Auth::PrivateKeyJwt { key_file, .. } => {
@@ -93,7 +128,12 @@ pub(crate) fn fingerprint_key(spec: &RequestSpec) -> Result<Option<Vec<u8>>, Str
                 .map_err(|error| error.to_string())?;
             parts.push(("private_key", key));
         }
-        Auth::TlsClientAuth => {}
+        Auth::TlsClientAuth | Auth::ClientAssertion { .. } | Auth::Public => {}
+    }
+    if let Grant::JwtBearer(JwtAssertion::Signed { key_file, .. }) = &spec.grant {
+        let key =
+            files::read(key_file, files::Kind::PrivateKey).map_err(|error| error.to_string())?;
+        parts.push(("grant_private_key", key));
     }
     if let Some(identity) = &spec.tls.identity {
         let key = files::read(&identity.key_file, files::Kind::TlsKey)
@@ -101,7 +141,9 @@ pub(crate) fn fingerprint_key(spec: &RequestSpec) -> Result<Option<Vec<u8>>, Str
         parts.push(("tls_client_key", key));
     }
     if parts.is_empty() {
-        return Ok(None);
+        // A client whose only credentials are token files (client_assertion, none): nothing
+        // secret to key with, so its state file is trusted on its owner and mode alone.
+        parts.push(("no_long_lived_credential", Vec::new()));
     }
     let mut key = Vec::new();
     for (label, bytes) in parts {
@@ -134,38 +176,6 @@ fn choose_secret_method(listed: &[String]) -> Result<SecretMethod, FetchError> {
                 listed_or_default.join(", ")
             ))
         })
-}
-
-/// The forms in which a server may echo the client secret it was sent: as is, form-encoded,
-/// JSON-escaped, and inside the Basic credentials; longest first. None for a secret under 4
-/// bytes (redacting it would garble messages and hide nothing).
-pub(super) fn echoable_forms(credentials: &Credentials, client_id: &str) -> Vec<String> {
-    let secret = match credentials {
-        Credentials::Basic(secret) | Credentials::Post(secret) | Credentials::Json(secret) => {
-            secret.expose()
-        }
-        _ => return Vec::new(),
-    };
-    if secret.len() < 4 {
-        return Vec::new();
-    }
-    let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
-    let json = Value::from(secret).to_string();
-    let json = json
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .unwrap_or(&json)
-        .to_owned();
-    let mut forms = vec![
-        STANDARD.encode(format!("{id}:{encoded}")),
-        secret.to_owned(),
-        encoded,
-        json,
-    ];
-    forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
-    forms.dedup();
-    forms
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, form-urlencoded first (RFC 6749 §2.3.1).

@@ -24,6 +24,11 @@ pub enum FetchError {
         /// The endpoint answered 404: a discovered endpoint may have moved.
         endpoint_unreachable: bool,
     },
+    /// A token file (a client assertion, a subject, actor or assertion token) is unreadable,
+    /// empty, expired or not yet valid: nothing was sent. Heals when the file is rewritten;
+    /// retried like a transient failure, and at once when the file changes.
+    #[error("{message}")]
+    TokenFile { message: String },
 }
 
 impl FetchError {
@@ -44,6 +49,18 @@ impl FetchError {
         }
     }
 
+    /// A token file that could not be used.
+    pub(crate) fn token_file(message: impl Into<String>) -> Self {
+        Self::TokenFile {
+            message: message.into(),
+        }
+    }
+
+    /// The failure was a token file's, and nothing was sent.
+    pub(crate) fn is_token_file(&self) -> bool {
+        matches!(self, Self::TokenFile { .. })
+    }
+
     pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, Self::Permanent { .. })
     }
@@ -52,7 +69,7 @@ impl FetchError {
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } => None,
+            Self::Permanent { .. } | Self::TokenFile { .. } => None,
         }
     }
 
@@ -67,13 +84,16 @@ impl FetchError {
                 endpoint_unreachable,
                 ..
             } => *endpoint_unreachable,
+            Self::TokenFile { .. } => false,
         }
     }
 
     /// The one-line description, as `Display` prints it.
     pub fn message(&self) -> &str {
         match self {
-            Self::Transient { message, .. } | Self::Permanent { message, .. } => message,
+            Self::Transient { message, .. }
+            | Self::Permanent { message, .. }
+            | Self::TokenFile { message } => message,
         }
     }
 
@@ -94,6 +114,9 @@ impl FetchError {
             } => Self::Permanent {
                 message: change(message),
                 endpoint_unreachable,
+            },
+            Self::TokenFile { message } => Self::TokenFile {
+                message: change(message),
             },
         }
     }

@@ -1,6 +1,6 @@
-//! `private_key_jwt` (RFC 7523): the client's signing key read from its PEM (RSA, or EC P-256)
-//! and the signed client assertion. It reads no file and no clock: the key's text and `now`
-//! are arguments.
+//! The assertions bearerd signs (RFC 7523): `private_key_jwt` and self-signed `jwt_bearer`
+//! ones with a key read from its PEM (RSA, or EC P-256), `client_secret_jwt` ones with HS256.
+//! It reads no file and no clock: the key's text and `now` are arguments.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +18,7 @@ use crate::secret::Secret;
 /// How long a `private_key_jwt` client assertion is valid.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
-pub(super) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(super) const ASSERTION_TYPE: &str = crate::config::JWT_BEARER_ASSERTION_TYPE;
 
 /// A signing key for `private_key_jwt`.
 enum SigningKey {
@@ -133,32 +133,74 @@ pub(super) fn client_assertion(
     audience: &str,
     now: SystemTime,
 ) -> Result<Secret, String> {
+    signed_assertion(key_pem, key_id, client_id, client_id, audience, now)
+}
+
+/// An RFC 7523 assertion signed with the private key in `key_pem` (RS256 or ES256): a
+/// `private_key_jwt` client assertion, or a self-signed `jwt_bearer` grant.
+pub(super) fn signed_assertion(
+    key_pem: &Secret,
+    key_id: Option<&str>,
+    issuer: &str,
+    subject: &str,
+    audience: &str,
+    now: SystemTime,
+) -> Result<Secret, String> {
     let key = SigningKey::from_pem(key_pem)?;
-    let mut header = Map::new();
-    header.insert("alg".to_owned(), key.algorithm().into());
-    header.insert("typ".to_owned(), "JWT".into());
-    if let Some(key_id) = key_id {
-        header.insert("kid".to_owned(), key_id.into());
-    }
+    let claims = claims(issuer, subject, audience, now)?;
+    jws(key.algorithm(), key_id, &claims, |input| key.sign(input))
+}
+
+/// A `client_secret_jwt` assertion (OIDC Core §9): HS256 with the client secret as the key,
+/// `iss` = `sub` = client id, a unique `jti`, valid for [`ASSERTION_LIFETIME`] from `now`.
+pub(super) fn secret_assertion(
+    secret: &Secret,
+    client_id: &str,
+    audience: &str,
+    now: SystemTime,
+) -> Result<Secret, String> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose().as_bytes());
+    let claims = claims(client_id, client_id, audience, now)?;
+    jws("HS256", None, &claims, |input| {
+        Ok(ring::hmac::sign(&key, input).as_ref().to_vec())
+    })
+}
+
+fn claims(issuer: &str, subject: &str, audience: &str, now: SystemTime) -> Result<Value, String> {
     let mut jti = [0_u8; 16];
     SystemRandom::new()
         .fill(&mut jti)
         .map_err(|_| "no randomness for the assertion's jti".to_owned())?;
     let issued_at = Clock::unix_seconds(now);
-    let claims = serde_json::json!({
-        "iss": client_id,
-        "sub": client_id,
+    Ok(serde_json::json!({
+        "iss": issuer,
+        "sub": subject,
         "aud": audience,
         "jti": URL_SAFE_NO_PAD.encode(jti),
         "iat": issued_at,
         "exp": issued_at + ASSERTION_LIFETIME.as_secs(),
-    });
+    }))
+}
+
+/// A compact JWS of `claims`, signed by `sign`.
+fn jws(
+    algorithm: &str,
+    key_id: Option<&str>,
+    claims: &Value,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Secret, String> {
+    let mut header = Map::new();
+    header.insert("alg".to_owned(), algorithm.into());
+    header.insert("typ".to_owned(), "JWT".into());
+    if let Some(key_id) = key_id {
+        header.insert("kid".to_owned(), key_id.into());
+    }
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(Value::Object(header).to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let signature = key.sign(signing_input.as_bytes())?;
+    let signature = sign(signing_input.as_bytes())?;
     Ok(Secret::new(format!(
         "{signing_input}.{}",
         URL_SAFE_NO_PAD.encode(signature)

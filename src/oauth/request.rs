@@ -1,22 +1,28 @@
-//! One token request: a [`TokenRequest`] (what is asked for, with which credentials) built into
-//! the client-credentials POST (a form, or a JSON body), sent once, and its response turned
-//! into a [`Token`] or a [`FetchError`] with the client secret redacted from every message. It
-//! never retries, sleeps, writes files or reads the clock: `now` is an argument.
+//! One token request: a [`TokenRequest`] (what is asked for, by which grant, with which
+//! credentials) built into the token POST (a form, or a JSON body), sent once, and its
+//! response turned into a [`Token`] or a [`FetchError`] with every credential it carried (the
+//! client secret, the assertions bearerd signed, the token files' contents) redacted from
+//! every message. It never retries, sleeps, writes files or reads the clock: `now` is an
+//! argument.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Map, Value};
 use url::Url;
 use url::form_urlencoded;
 
-use super::credentials::{Credentials, basic_authorization, echoable_forms};
+use super::credentials::{Credentials, basic_authorization};
 use super::error::FetchError;
+use super::grant::{BearerAssertion, GrantRequest};
 use super::http::{cause, read_response, request_failed};
-use super::jwt::{ASSERTION_TYPE, client_assertion};
+use super::jwt::{ASSERTION_TYPE, client_assertion, secret_assertion, signed_assertion};
 use super::response::{parse_response, redact_bytes};
 use crate::config::display_url;
+use crate::secret::Secret;
 use crate::token::Token;
 
 /// One token request, described.
@@ -25,13 +31,22 @@ pub(super) struct TokenRequest<'a> {
     pub(super) token_url: &'a Url,
     pub(super) client_id: &'a str,
     pub(super) credentials: Credentials,
+    pub(super) grant: GrantRequest,
     pub(super) audience: Option<&'a str>,
     pub(super) scope: Option<&'a str>,
     /// Sent after the standard parameters, in key order.
     pub(super) extra_params: &'a BTreeMap<String, String>,
 }
 
-/// Makes one client-credentials request. `now` stamps the token and the client assertion and
+/// A request ready to send, with the forms in which a server may echo what it carries.
+struct Built {
+    request: reqwest::Request,
+    /// Every credential in the request, in each form a server may echo it (as is,
+    /// form-encoded, JSON-escaped, inside the Basic credentials); longest first.
+    echoable: Vec<String>,
+}
+
+/// Makes one token request. `now` stamps the token and the assertions bearerd signs and
 /// converts an HTTP-date `Retry-After`; `default_lifetime` applies when the response says
 /// nothing about expiry.
 pub(super) async fn request_token(
@@ -41,10 +56,19 @@ pub(super) async fn request_token(
     default_lifetime: Duration,
 ) -> Result<Token, FetchError> {
     let shown = display_url(request.token_url);
+    // Only the secret can be in a build error (an assertion could not be signed).
+    let mut echoable = match &request.credentials {
+        Credentials::Basic(secret)
+        | Credentials::Post(secret)
+        | Credentials::Json(secret)
+        | Credentials::SecretJwt { secret, .. } => echoable_forms(secret),
+        _ => Vec::new(),
+    };
     let result = async {
-        let wire = build_request(http, request, now)?;
+        let built = build_request(http, request, now)?;
+        echoable = built.echoable;
         let response = http
-            .execute(wire)
+            .execute(built.request)
             .await
             .map_err(|error| request_failed(&format!("token endpoint {shown}"), error))?;
         let prefix = format!("token endpoint {shown} answered ");
@@ -54,10 +78,7 @@ pub(super) async fn request_token(
         // An error body is quoted (and perhaps cut short, which would defeat redacting the
         // message afterwards): redact it first. A 2xx body is left alone: it holds the token.
         if !(200..300).contains(&response.status) {
-            response.body = redact_bytes(
-                &response.body,
-                &echoable_forms(&request.credentials, request.client_id),
-            );
+            response.body = redact_bytes(&response.body, &echoable);
         }
         parse_response(
             response.status,
@@ -70,39 +91,105 @@ pub(super) async fn request_token(
         .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))
     }
     .await;
-    let forms = echoable_forms(&request.credentials, request.client_id);
     result.map_err(|error| {
         error.map_message(|message| {
-            forms
+            echoable
                 .iter()
                 .fold(message, |message, form| message.replace(form, "[redacted]"))
         })
     })
 }
 
-/// The HTTP request for `request`, without sending it.
+/// The forms in which a server may echo `value`: as is, form-encoded and JSON-escaped. None
+/// for a value under 4 bytes (redacting it would garble messages and hide nothing).
+fn echoable_forms(value: &Secret) -> Vec<String> {
+    let value = value.expose();
+    if value.len() < 4 {
+        return Vec::new();
+    }
+    let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let json = Value::from(value).to_string();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(&json)
+        .to_owned();
+    vec![value.to_owned(), encoded, json]
+}
+
+/// The HTTP request for `request`, without sending it, and what in it a server may echo.
 fn build_request(
     http: &reqwest::Client,
     request: &TokenRequest<'_>,
     now: SystemTime,
-) -> Result<reqwest::Request, FetchError> {
-    let assertion;
+) -> Result<Built, FetchError> {
     let mut authorization = None;
-    let mut params: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
-    match &request.credentials {
+    let mut sensitive: Vec<Secret> = Vec::new();
+    let mut echoable: Vec<String> = Vec::new();
+    let mut params: Vec<(&str, String)> = vec![("grant_type", request.grant.grant_type().into())];
+    match &request.grant {
+        GrantRequest::ClientCredentials => {}
+        GrantRequest::TokenExchange {
+            subject_token,
+            subject_token_type,
+            actor,
+            requested_token_type,
+        } => {
+            params.push(("subject_token", subject_token.expose().to_owned()));
+            params.push(("subject_token_type", subject_token_type.clone()));
+            sensitive.push(subject_token.clone());
+            if let Some((actor_token, actor_token_type)) = actor {
+                params.push(("actor_token", actor_token.expose().to_owned()));
+                params.push(("actor_token_type", actor_token_type.clone()));
+                sensitive.push(actor_token.clone());
+            }
+            if let Some(requested) = requested_token_type {
+                params.push(("requested_token_type", requested.clone()));
+            }
+        }
+        GrantRequest::JwtBearer(assertion) => {
+            let assertion = match assertion {
+                BearerAssertion::Read(assertion) => assertion.clone(),
+                BearerAssertion::Sign {
+                    key_pem,
+                    key_id,
+                    issuer,
+                    subject,
+                    audience,
+                } => signed_assertion(key_pem, key_id.as_deref(), issuer, subject, audience, now)
+                    .map_err(|message| {
+                    FetchError::permanent(format!("jwt_bearer assertion: {message}"))
+                })?,
+            };
+            params.push(("assertion", assertion.expose().to_owned()));
+            sensitive.push(assertion);
+        }
+    }
+    let client_assertion_of = match &request.credentials {
         Credentials::Basic(secret) => {
             authorization = Some(basic_authorization(request.client_id, secret)?);
+            let id: String =
+                form_urlencoded::byte_serialize(request.client_id.as_bytes()).collect();
+            let encoded: String =
+                form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+            if secret.expose().len() >= 4 {
+                echoable.push(STANDARD.encode(format!("{id}:{encoded}")));
+            }
+            sensitive.push(secret.clone());
+            None
         }
         Credentials::Post(secret) | Credentials::Json(secret) => {
-            params.push(("client_id", request.client_id));
-            params.push(("client_secret", secret.expose()));
+            params.push(("client_id", request.client_id.to_owned()));
+            params.push(("client_secret", secret.expose().to_owned()));
+            sensitive.push(secret.clone());
+            None
         }
         Credentials::PrivateKeyJwt {
             key_pem,
             key_id,
             assertion_audience,
         } => {
-            assertion = client_assertion(
+            let assertion = client_assertion(
                 key_pem,
                 key_id.as_deref(),
                 request.client_id,
@@ -110,25 +197,48 @@ fn build_request(
                 now,
             )
             .map_err(|message| FetchError::permanent(format!("private_key_jwt: {message}")))?;
-            params.push(("client_id", request.client_id));
-            params.push(("client_assertion_type", ASSERTION_TYPE));
-            params.push(("client_assertion", assertion.expose()));
+            Some((ASSERTION_TYPE, assertion))
         }
-        Credentials::TlsClientAuth => params.push(("client_id", request.client_id)),
+        Credentials::SecretJwt {
+            secret,
+            assertion_audience,
+        } => {
+            let assertion = secret_assertion(secret, request.client_id, assertion_audience, now)
+                .map_err(|message| {
+                    FetchError::permanent(format!("client_secret_jwt: {message}"))
+                })?;
+            // The secret itself is not sent, but a server may still quote it.
+            sensitive.push(secret.clone());
+            Some((ASSERTION_TYPE, assertion))
+        }
+        Credentials::ClientAssertion {
+            assertion,
+            assertion_type,
+        } => Some((assertion_type.as_str(), assertion.clone())),
+        Credentials::TlsClientAuth | Credentials::Public => {
+            params.push(("client_id", request.client_id.to_owned()));
+            None
+        }
+    };
+    if let Some((assertion_type, assertion)) = client_assertion_of {
+        params.push(("client_id", request.client_id.to_owned()));
+        params.push(("client_assertion_type", assertion_type.to_owned()));
+        params.push(("client_assertion", assertion.expose().to_owned()));
+        sensitive.push(assertion);
     }
     if let Some(audience) = request.audience {
-        params.push(("audience", audience));
+        params.push(("audience", audience.to_owned()));
     }
     if let Some(scope) = request.scope {
-        params.push(("scope", scope));
+        params.push(("scope", scope.to_owned()));
     }
     for (name, value) in request.extra_params {
-        params.push((name, value));
+        params.push((name, value.clone()));
     }
     let (content_type, body) = if matches!(request.credentials, Credentials::Json(_)) {
         let object: Map<String, Value> = params
             .iter()
-            .map(|(name, value)| ((*name).to_owned(), Value::from(*value)))
+            .map(|(name, value)| ((*name).to_owned(), Value::from(value.as_str())))
             .collect();
         ("application/json", Value::Object(object).to_string())
     } else {
@@ -144,13 +254,17 @@ fn build_request(
     if let Some(authorization) = authorization {
         builder = builder.header(AUTHORIZATION, authorization);
     }
-    builder.build().map_err(|error| {
+    let request = builder.build().map_err(|error| {
         FetchError::permanent(format!(
             "cannot build the request to {}: {}",
             display_url(request.token_url),
             cause(error)
         ))
-    })
+    })?;
+    echoable.extend(sensitive.iter().flat_map(echoable_forms));
+    echoable.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    echoable.dedup();
+    Ok(Built { request, echoable })
 }
 
 #[cfg(test)]
@@ -190,11 +304,14 @@ mod tests {
             token_url: &url,
             client_id: "my client:1",
             credentials,
+            grant: GrantRequest::ClientCredentials,
             audience: Some("tasklist.camunda.io"),
             scope: Some("a b"),
             extra_params: &extra,
         };
-        build_request(&bare(), &request, now()).expect("request")
+        build_request(&bare(), &request, now())
+            .expect("request")
+            .request
     }
 
     fn body_text(request: &reqwest::Request) -> String {
@@ -287,10 +404,18 @@ mod tests {
         request: &reqwest::Request,
         verify: impl Fn(&[u8], &[u8]) -> bool,
     ) -> (Value, Value) {
+        assertion_of_with(request, verify, "tasklist.camunda.io")
+    }
+
+    fn assertion_of_with(
+        request: &reqwest::Request,
+        verify: impl Fn(&[u8], &[u8]) -> bool,
+        audience: &str,
+    ) -> (Value, Value) {
         let form = form(request);
         assert_eq!(form["client_assertion_type"], ASSERTION_TYPE);
         assert_eq!(form["client_id"], "my client:1");
-        assert_eq!(form["audience"], "tasklist.camunda.io");
+        assert_eq!(form["audience"], audience);
         let assertion = &form["client_assertion"];
         let parts: Vec<&str> = assertion.split('.').collect();
         assert_eq!(parts.len(), 3);
@@ -386,6 +511,106 @@ mod tests {
         }
     }
 
+    fn wire_with(credentials: Credentials, grant: GrantRequest) -> Built {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::from([("resource".to_owned(), "https://api/x".to_owned())]);
+        let request = TokenRequest {
+            token_url: &url,
+            client_id: "my client:1",
+            credentials,
+            grant,
+            audience: Some("aud"),
+            scope: None,
+            extra_params: &extra,
+        };
+        build_request(&bare(), &request, now()).expect("request")
+    }
+
+    #[test]
+    fn client_secret_jwt_signs_hs256_with_the_secret_and_a_fresh_jti() {
+        let credentials = || Credentials::SecretJwt {
+            secret: Secret::new("shared secret"),
+            assertion_audience: "https://idp.example.com/token".into(),
+        };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"shared secret");
+        let verify =
+            |message: &[u8], signature: &[u8]| ring::hmac::verify(&key, message, signature).is_ok();
+        let first = wire_with(credentials(), GrantRequest::ClientCredentials);
+        let (header, claims) = assertion_of_with(&first.request, verify, "aud");
+        assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        assert_eq!(claims["iss"], "my client:1");
+        assert_eq!(claims["sub"], "my client:1");
+        assert_eq!(claims["aud"], "https://idp.example.com/token");
+        assert_eq!(claims["exp"], 1_700_000_060);
+        assert!(!form(&first.request).contains_key("client_secret"));
+        let second = wire_with(credentials(), GrantRequest::ClientCredentials);
+        let (_, again) = assertion_of_with(&second.request, verify, "aud");
+        assert_ne!(claims["jti"], again["jti"]);
+        // The assertion and the secret itself are what an error must never quote.
+        let assertion = form(&first.request)["client_assertion"].clone();
+        assert!(first.echoable.contains(&assertion));
+        assert!(first.echoable.contains(&"shared secret".to_owned()));
+    }
+
+    #[test]
+    fn token_exchange_and_a_public_client_send_exactly_their_parameters() {
+        let built = wire_with(
+            Credentials::Public,
+            GrantRequest::TokenExchange {
+                subject_token: Secret::new("subject.jwt.x"),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                actor: Some((Secret::new("actor-opaque"), "urn:x:actor".into())),
+                requested_token_type: Some("urn:ietf:params:oauth:token-type:access_token".into()),
+            },
+        );
+        assert_eq!(header(&built.request, "authorization"), None);
+        assert_eq!(
+            body_text(&built.request),
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+             &subject_token=subject.jwt.x\
+             &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt\
+             &actor_token=actor-opaque&actor_token_type=urn%3Ax%3Aactor\
+             &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &client_id=my+client%3A1&audience=aud&resource=https%3A%2F%2Fapi%2Fx"
+        );
+        for sent in ["subject.jwt.x", "actor-opaque"] {
+            assert!(built.echoable.contains(&sent.to_owned()), "{sent}");
+        }
+    }
+
+    #[test]
+    fn a_client_assertion_and_a_jwt_bearer_grant_are_sent_as_read() {
+        let built = wire_with(
+            Credentials::ClientAssertion {
+                assertion: Secret::new("client.assertion.sig"),
+                assertion_type: "urn:example:custom".into(),
+            },
+            GrantRequest::JwtBearer(BearerAssertion::Read(Secret::new("grant.assertion.sig"))),
+        );
+        let form = form(&built.request);
+        assert_eq!(
+            form,
+            BTreeMap::from([
+                (
+                    "grant_type".to_owned(),
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned()
+                ),
+                ("assertion".to_owned(), "grant.assertion.sig".to_owned()),
+                ("client_id".to_owned(), "my client:1".to_owned()),
+                (
+                    "client_assertion_type".to_owned(),
+                    "urn:example:custom".to_owned()
+                ),
+                (
+                    "client_assertion".to_owned(),
+                    "client.assertion.sig".to_owned()
+                ),
+                ("audience".to_owned(), "aud".to_owned()),
+                ("resource".to_owned(), "https://api/x".to_owned()),
+            ])
+        );
+    }
+
     #[test]
     fn unusable_keys_are_permanent_errors_that_quote_nothing() {
         let url = Url::parse("https://idp.example.com/token").expect("url");
@@ -401,11 +626,14 @@ mod tests {
                 token_url: &url,
                 client_id: "c",
                 credentials: jwt_credentials(pem, None),
+                grant: GrantRequest::ClientCredentials,
                 audience: None,
                 scope: None,
                 extra_params: &extra,
             };
-            let error = build_request(&bare(), &request, now()).expect_err("unusable key");
+            let Err(error) = build_request(&bare(), &request, now()) else {
+                panic!("an unusable key was accepted");
+            };
             assert!(error.is_permanent());
             assert!(error.message().starts_with("private_key_jwt: "), "{error}");
             assert!(error.message().contains(expected), "{error}");
@@ -423,6 +651,9 @@ mod tests {
             Credentials::Json(_) => "client_secret_json",
             Credentials::PrivateKeyJwt { .. } => "private_key_jwt",
             Credentials::TlsClientAuth => "tls_client_auth",
+            Credentials::SecretJwt { .. } => "client_secret_jwt",
+            Credentials::ClientAssertion { .. } => "client_assertion",
+            Credentials::Public => "none",
         }
     }
 
@@ -438,6 +669,7 @@ mod tests {
             token_url: &url,
             client_id,
             credentials,
+            grant: GrantRequest::ClientCredentials,
             audience: Some("api"),
             scope: Some("read write"),
             extra_params: &extra,

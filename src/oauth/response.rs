@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::error::FetchError;
 use crate::secret::Secret;
-use crate::token::{Token, is_b64token};
+use crate::token::{Token, is_b64token, is_token_type_uri};
 
 /// The longest lifetime believed; longer `expires_in` or `exp` values are clamped to it.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -142,6 +142,16 @@ pub fn parse_response(
             seconds
         }
     };
+    let issued_token_type = match object.get("issued_token_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(kind)) if is_token_type_uri(kind) => Some(kind.clone()),
+        Some(_) => {
+            return Err(FetchError::permanent(format!(
+                "{} but issued_token_type is not a token type URI; a hostile response, refused",
+                status_line(status)
+            )));
+        }
+    };
     let expires_at = expiry(expires_in, jwt_expiry(access_token), now, default_lifetime);
     Ok(Token {
         access_token: Secret::new(access_token.clone()),
@@ -149,6 +159,7 @@ pub fn parse_response(
         scope,
         issued_at: now,
         expires_at,
+        issued_token_type,
     })
 }
 

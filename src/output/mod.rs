@@ -71,6 +71,9 @@ struct JsonOutput<'a> {
     expires_at: String,
     expires_in: u64,
     scope: Option<&'a str>,
+    /// Only when the server named one (a token exchange): older outputs stay byte for byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'a str>,
 }
 
 /// The exact bytes of `token` in `format` (see SPEC "Output formats"):
@@ -79,7 +82,8 @@ struct JsonOutput<'a> {
 /// - `header`: `Authorization: Bearer <token>\n`;
 /// - `json`: `{"access_token","token_type","expires_at","expires_in","scope"}` and a newline,
 ///   with `expires_in` the token's whole lifetime (`expires_at - issued_at`) in seconds, and
-///   `scope` null when the server named none;
+///   `scope` null when the server named none, then `issued_token_type` only when the server
+///   named one (RFC 8693 token exchange);
 /// - `template`: see [`Template`].
 ///
 /// The token must already be a valid RFC 6750 `b64token`: that is what makes `env` and
@@ -112,6 +116,7 @@ pub fn render(format: &Format, token: &Token, client: &str) -> Vec<u8> {
                     .duration_since(token.issued_at)
                     .map_or(0, |lifetime| lifetime.as_secs()),
                 scope: token.scope.as_deref(),
+                issued_token_type: token.issued_token_type.as_deref(),
             };
             // A struct of strings and integers always serializes; this cannot fail.
             let mut bytes = serde_json::to_vec(&document)

@@ -9,12 +9,13 @@ use crate::clock::Clock;
 use crate::token::Token;
 
 /// The names a template may use, in the order the docs list them.
-const PLACEHOLDERS: [&str; 6] = [
+const PLACEHOLDERS: [&str; 7] = [
     "access_token",
     "token_type",
     "expires_at",
     "expires_at_unix",
     "scope",
+    "issued_token_type",
     "client",
 ];
 
@@ -25,7 +26,9 @@ const PLACEHOLDERS: [&str; 6] = [
 /// - `access_token`, `token_type`, `client`: as they are;
 /// - `expires_at`: RFC 3339 in UTC to the second (`2026-11-29T03:15:50Z`);
 /// - `expires_at_unix`: Unix seconds;
-/// - `scope`: the granted scope, or the empty string when the server named none.
+/// - `scope`: the granted scope, or the empty string when the server named none;
+/// - `issued_token_type`: RFC 8693's type of the issued token, or the empty string when the
+///   server named none (it does only for a token exchange).
 ///
 /// The `json` filter renders the value as a complete JSON string literal, quotes included
 /// (`{{ access_token | json }}` → `"abc"`), so `"auth": {{ access_token | json }}` is valid
@@ -49,16 +52,18 @@ enum Field {
     ExpiresAt,
     ExpiresAtUnix,
     Scope,
+    IssuedTokenType,
     Client,
 }
 
 impl Field {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::AccessToken,
         Self::TokenType,
         Self::ExpiresAt,
         Self::ExpiresAtUnix,
         Self::Scope,
+        Self::IssuedTokenType,
         Self::Client,
     ];
 
@@ -69,6 +74,7 @@ impl Field {
             Self::ExpiresAt => "expires_at",
             Self::ExpiresAtUnix => "expires_at_unix",
             Self::Scope => "scope",
+            Self::IssuedTokenType => "issued_token_type",
             Self::Client => "client",
         }
     }
@@ -179,6 +185,7 @@ impl Values<'_> {
             Field::ExpiresAt => rfc3339(self.token.expires_at).into(),
             Field::ExpiresAtUnix => unix_seconds(self.token.expires_at).to_string().into(),
             Field::Scope => self.token.scope.as_deref().unwrap_or("").into(),
+            Field::IssuedTokenType => self.token.issued_token_type.as_deref().unwrap_or("").into(),
             Field::Client => self.client.into(),
         }
     }
@@ -295,8 +302,8 @@ mod tests {
             (
                 "x {{ acces_token }}",
                 "unknown placeholder \"acces_token\": expected one of access_token, \
-                 token_type, expires_at, expires_at_unix, scope, client, optionally followed \
-                 by \"| json\" in \"{{ acces_token }}\" at line 1, column 3 of the template",
+                 token_type, expires_at, expires_at_unix, scope, issued_token_type, client, \
+                 optionally followed by \"| json\" in \"{{ acces_token }}\" at line 1, column 3 of the template",
             ),
             (
                 "a\nbé{{ scope | yaml }}",
@@ -311,8 +318,8 @@ mod tests {
             (
                 "{{}}",
                 "unknown placeholder \"\": expected one of access_token, token_type, \
-                 expires_at, expires_at_unix, scope, client, optionally followed by \
-                 \"| json\" in \"{{}}\" at line 1, column 1 of the template",
+                 expires_at, expires_at_unix, scope, issued_token_type, client, optionally \
+                 followed by \"| json\" in \"{{}}\" at line 1, column 1 of the template",
             ),
             (
                 "ok {{ scope }} {{ access_token",

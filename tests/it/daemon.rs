@@ -582,6 +582,7 @@ fn write_outputs_writes_each_format_and_leaves_unchanged_files_alone() {
         scope: None,
         issued_at: std::time::UNIX_EPOCH,
         expires_at: std::time::UNIX_EPOCH + Duration::from_secs(3600),
+        issued_token_type: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -22,4 +22,6 @@ mod manifests;
 mod oidc;
 mod ops;
 mod properties;
+mod rate;
+mod secretless;
 mod token;

@@ -20,6 +20,7 @@ const METRICS: &[&str] = &[
     "bearerd_request_duration_seconds",
     "bearerd_build_info",
     "bearerd_config_last_reload_successful",
+    "bearerd_token_file_unusable",
 ];
 
 fn packaging(path: &str) -> PathBuf {

@@ -146,6 +146,7 @@ fn token(access_token: &str, expires_in: u64) -> Token {
         scope: None,
         issued_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         expires_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000 + expires_in),
+        issued_token_type: None,
     }
 }
 

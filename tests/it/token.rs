@@ -71,6 +71,7 @@ fn save(harness: &Harness, access_token: &str, age: Duration, lifetime: Duration
         scope: None,
         issued_at,
         expires_at: issued_at + lifetime,
+        issued_token_type: None,
     };
     bearerd::state::save(&harness.path(STATE), client, &token).expect("save state");
 }

@@ -14,11 +14,17 @@ const AGENT_KEYS: &[&str] = &[
     "log_format",
     "http_timeout",
     "max_concurrent_requests",
+    "max_requests_per_second",
     "default_lifetime",
     "backoff_min",
     "backoff_max",
     "state_dir",
 ];
+
+/// The bounds of `max_requests_per_second`: one request every 1,000 s at least (slower would
+/// starve a client for longer than most tokens live), and no more than a limit can mean.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 10_000.0;
 
 impl Checker<'_> {
     pub(super) fn agent(&mut self, table: &DeTable<'_>, span: Span) -> Option<Agent> {
@@ -70,6 +76,20 @@ impl Checker<'_> {
                     "agent.max_concurrent_requests",
                     format!("expected a whole number from 1 to 10000, found {value}"),
                 ),
+            }
+        }
+        if let Some((value, span)) = self.float(table, "agent", "max_requests_per_second") {
+            if (MIN_RATE..=MAX_RATE).contains(&value) {
+                agent.max_requests_per_second = Some(value);
+            } else {
+                self.error(
+                    &span,
+                    "agent.max_requests_per_second",
+                    format!(
+                        "expected a number of requests per second from {MIN_RATE} to {MAX_RATE} \
+                         (0.5 is one request every 2 seconds), found {value}"
+                    ),
+                );
             }
         }
         if let Some(value) = self.duration(table, "agent", "default_lifetime") {

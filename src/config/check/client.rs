@@ -1,5 +1,5 @@
 //! A `[clients.NAME]` table: its endpoint, id, audience, scope and extra parameters, the
-//! sections it is made of (credentials, outputs, on_refresh) and `on_expiry`, into a
+//! sections it is made of (grant, credentials, outputs, on_refresh) and `on_expiry`, into a
 //! [`ClientSpec`]. It checks no section another file owns.
 
 use std::collections::BTreeMap;
@@ -22,6 +22,17 @@ const CLIENT_KEYS: &[&str] = &[
     "private_key_file",
     "key_id",
     "assertion_audience",
+    "client_assertion_file",
+    "client_assertion_type",
+    "grant_type",
+    "subject_token_file",
+    "subject_token_type",
+    "actor_token_file",
+    "actor_token_type",
+    "requested_token_type",
+    "assertion_file",
+    "assertion_issuer",
+    "assertion_subject",
     "tls_cert_file",
     "tls_key_file",
     "ca_file",
@@ -42,6 +53,12 @@ const RESERVED_PARAMS: &[&str] = &[
     "client_assertion_type",
     "scope",
     "audience",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
+    "assertion",
 ];
 
 impl Checker<'_> {
@@ -88,11 +105,13 @@ impl Checker<'_> {
         let audience = self.non_empty_string(table, prefix, "audience");
         let scope = self.non_empty_string(table, prefix, "scope");
         let extra_params = self.extra_params(table, prefix);
+        let grant = self.grant(table, &span, prefix);
         let auth = self.auth(
             table,
             &span,
             prefix,
             matches!(endpoint, Some(Endpoint::Issuer(_))),
+            grant.as_ref(),
         );
 
         let ca_file = self.existing_file(table, prefix, "ca_file", files::Kind::CaFile);
@@ -144,6 +163,7 @@ impl Checker<'_> {
                 endpoint: endpoint?,
                 client_id: client_id?,
                 auth: auth?,
+                grant: grant?,
                 audience,
                 scope,
                 extra_params,

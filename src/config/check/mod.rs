@@ -6,6 +6,7 @@
 mod agent;
 mod client;
 mod credentials;
+mod grant;
 mod on_refresh;
 mod output;
 

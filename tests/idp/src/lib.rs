@@ -111,6 +111,41 @@ pub enum Fault {
     Oversized,
     /// A 200 with exactly this body, as `application/json`.
     Body(String),
+    /// A 400 `invalid_request` whose `error_description` is the value of this body parameter
+    /// (`client_assertion`, `subject_token`, …): a server that quotes a credential it was sent.
+    EchoParam(String),
+}
+
+/// A server-side request rate, as authorization servers enforce per source address: a token
+/// bucket of `burst` requests refilled at `per_second`. A token request that finds it empty is
+/// answered `429 Too Many Requests` (with `Retry-After` when set) and takes nothing from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+    pub retry_after: Option<String>,
+}
+
+/// A [`RateLimit`] and how full its bucket is.
+struct Limiter {
+    limit: RateLimit,
+    level: f64,
+    updated: std::time::Instant,
+}
+
+impl Limiter {
+    /// Whether a request arriving at `now` is within the limit (and if so, counts it).
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level + elapsed * self.limit.per_second).min(self.limit.burst);
+        self.updated = now;
+        if self.level >= 1.0 {
+            self.level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// One request as the endpoint received it. Its `Debug` hides the body and credentials.
@@ -124,10 +159,14 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
     pub received_at: SystemTime,
     /// For token requests: `client_secret_basic`, `client_secret_post`, `client_secret_json`,
-    /// `private_key_jwt`, or `None` when no client authentication was recognised.
+    /// `private_key_jwt`, `client_secret_jwt` (an HS256 assertion), `client_assertion` (for a
+    /// client added with [`Idp::add_federated_client`]), `none` (a public client), or `None`
+    /// when no client authentication was recognised.
     pub auth_method: Option<&'static str>,
     /// For token requests: the client the request authenticated as (or tried to).
     pub client_id: Option<String>,
+    /// Answered 429 by the endpoint's [`RateLimit`].
+    pub rate_limited: bool,
 }
 
 impl RecordedRequest {
@@ -171,6 +210,7 @@ impl fmt::Debug for RecordedRequest {
             .field("received_at", &self.received_at)
             .field("auth_method", &self.auth_method)
             .field("client_id", &self.client_id)
+            .field("rate_limited", &self.rate_limited)
             .finish()
     }
 }
@@ -195,6 +235,7 @@ struct State {
     fault: Fault,
     /// How many more token requests get `fault`; `None`: all of them.
     fault_left: Option<usize>,
+    rate: Option<Limiter>,
     requests: Vec<RecordedRequest>,
 }
 
@@ -209,6 +250,10 @@ enum Credential {
         algorithm: KeyAlgorithm,
         key: Vec<u8>,
     },
+    /// Any unexpired client assertion made elsewhere (its signature is not checked).
+    Federated,
+    /// No client authentication: `client_id` only.
+    Public,
 }
 
 /// The JWS algorithms a registered client key may use.
@@ -304,6 +349,26 @@ impl Idp {
         state.fault_left = Some(count);
     }
 
+    /// Limits token requests to `limit` from now on (its bucket starts full); `None` lifts it.
+    /// Requests over it are answered 429 before any fault applies.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.shared.lock().rate = limit.map(|limit| Limiter {
+            level: limit.burst,
+            limit,
+            updated: std::time::Instant::now(),
+        });
+    }
+
+    /// How many token requests the [`RateLimit`] answered 429 so far.
+    pub fn rate_limited_count(&self) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|request| request.rate_limited)
+            .count()
+    }
+
     /// Registers (or replaces) a client that authenticates with `secret`.
     pub fn add_client(&self, id: &str, secret: &str, lifetime: Duration) {
         self.shared.lock().clients.insert(
@@ -330,6 +395,31 @@ impl Idp {
                     algorithm,
                     key: public_key.to_vec(),
                 },
+                lifetime,
+            },
+        );
+    }
+}
+
+impl Idp {
+    /// Registers (or replaces) a client that authenticates with a client assertion made
+    /// elsewhere (a Kubernetes service-account token): any JWT assertion whose `exp` has not
+    /// passed (and `nbf` has) is accepted; its signature is not checked.
+    pub fn add_federated_client(&self, id: &str, lifetime: Duration) {
+        self.register(id, Credential::Federated, lifetime);
+    }
+
+    /// Registers (or replaces) a public client: `client_id` only, for `token_exchange` and
+    /// `jwt_bearer` (a public client is refused `client_credentials`).
+    pub fn add_public_client(&self, id: &str, lifetime: Duration) {
+        self.register(id, Credential::Public, lifetime);
+    }
+
+    fn register(&self, id: &str, credential: Credential, lifetime: Duration) {
+        self.shared.lock().clients.insert(
+            id.to_owned(),
+            Registered {
+                credential,
                 lifetime,
             },
         );
@@ -408,6 +498,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> io::Result<R
         received_at,
         auth_method: None,
         client_id: None,
+        rate_limited: false,
     };
     match (parts.uri.path(), &parts.method) {
         (TOKEN_PATH, &Method::POST) => token(&shared, record).await,
@@ -434,7 +525,11 @@ fn discovery_document(shared: &Shared) -> Value {
         "issuer": shared.issuer,
         "token_endpoint": shared.token_url,
         "token_endpoint_auth_methods_supported": shared.settings.auth_methods,
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": [
+            "client_credentials",
+            TOKEN_EXCHANGE_GRANT,
+            JWT_BEARER_GRANT,
+        ],
     });
     if let Some(alias) = &shared.settings.mtls_token_endpoint {
         document["mtls_endpoint_aliases"] = json!({ "token_endpoint": alias });
@@ -448,14 +543,33 @@ enum Outcome {
         client_id: String,
         lifetime: Duration,
         scope: Option<String>,
+        /// RFC 8693 `issued_token_type`, for a token exchange.
+        issued_token_type: Option<String>,
     },
     Refuse(Response<Reply>),
 }
 
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
 async fn token(shared: &Shared, mut record: RecordedRequest) -> io::Result<Response<Reply>> {
+    let arrived = std::time::Instant::now();
     let outcome = authenticate(shared, &mut record);
+    let echoable = record.params();
     let fault = {
         let mut state = shared.lock();
+        if let Some(limiter) = &mut state.rate
+            && !limiter.admit(arrived)
+        {
+            let retry_after = limiter.limit.retry_after.clone();
+            record.rate_limited = true;
+            state.requests.push(record);
+            let mut response = text_reply(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            if let Some(value) = retry_after.and_then(|value| HeaderValue::from_str(&value).ok()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Ok(response);
+        }
         state.requests.push(record);
         let fault = state.fault.clone();
         match &mut state.fault_left {
@@ -541,6 +655,11 @@ async fn token(shared: &Shared, mut record: RecordedRequest) -> io::Result<Respo
             "application/json",
             Reply::full(body.into_bytes()),
         )),
+        Fault::EchoParam(name) => Ok(refuse_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            echoable.get(&name).map_or("", String::as_str),
+        )),
     }
 }
 
@@ -550,8 +669,15 @@ fn answer(shared: &Shared, outcome: Outcome) -> Response<Reply> {
             client_id,
             lifetime,
             scope,
+            issued_token_type,
         } => {
-            let body = token_body(shared, &client_id, lifetime, scope.as_deref());
+            let mut body = token_body(shared, &client_id, lifetime, scope.as_deref());
+            if let Some(kind) = issued_token_type
+                && let Ok(mut document) = serde_json::from_slice::<Value>(&body)
+            {
+                document["issued_token_type"] = Value::from(kind);
+                body = document.to_string().into_bytes();
+            }
             let mut response = reply(StatusCode::OK, "application/json", Reply::full(body));
             response
                 .headers_mut()
@@ -631,7 +757,14 @@ fn authenticate(shared: &Shared, record: &mut RecordedRequest) -> Outcome {
             (method, id, Proof::Secret(secret))
         }
         (None, None, Some(assertion)) => {
-            record.auth_method = Some("private_key_jwt");
+            let hs256 = unverified_header(&assertion)
+                .is_some_and(|header| header.get("alg").and_then(Value::as_str) == Some("HS256"));
+            let method = if hs256 {
+                "client_secret_jwt"
+            } else {
+                "private_key_jwt"
+            };
+            record.auth_method = Some(method);
             if param("client_assertion_type").as_deref()
                 != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
             {
@@ -646,14 +779,18 @@ fn authenticate(shared: &Shared, record: &mut RecordedRequest) -> Outcome {
             let Some(id) = param("client_id").or(subject) else {
                 return refuse(StatusCode::UNAUTHORIZED, "invalid_client", "no client_id");
             };
-            ("private_key_jwt", id, Proof::Assertion(assertion))
+            (method, id, Proof::Assertion(assertion))
         }
         (None, None, None) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "no client authentication",
-            );
+            let Some(id) = param("client_id") else {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "no client authentication",
+                );
+            };
+            record.auth_method = Some("none");
+            ("none", id, Proof::None)
         }
     };
     record.client_id = Some(client_id.clone());
@@ -669,7 +806,19 @@ fn authenticate(shared: &Shared, record: &mut RecordedRequest) -> Outcome {
                     verify_assertion(assertion, *algorithm, key, &client_id, &shared.token_url)
                         .map(|()| registered.lifetime)
                 }
-                Credential::Secret(_) => Err("client has no key registered"),
+                Credential::Secret(secret) => {
+                    verify_secret_assertion(assertion, secret, &client_id, &shared.token_url)
+                        .map(|()| registered.lifetime)
+                }
+                Credential::Federated => {
+                    record.auth_method = Some("client_assertion");
+                    check_times(assertion).map(|()| registered.lifetime)
+                }
+                Credential::Public => Err("client has no credential registered"),
+            },
+            (Some(registered), Proof::None) => match &registered.credential {
+                Credential::Public => Ok(registered.lifetime),
+                _ => Err("client authentication required"),
             },
             (None, _) if shared.settings.accept_unknown_clients => {
                 Ok(shared.settings.default_lifetime)
@@ -690,23 +839,100 @@ fn authenticate(shared: &Shared, record: &mut RecordedRequest) -> Outcome {
             return Outcome::Refuse(response);
         }
     };
-    if param("grant_type").as_deref() != Some("client_credentials") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only client_credentials",
-        );
-    }
+    let issued_token_type = match param("grant_type").as_deref() {
+        Some("client_credentials") if method == "none" => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "client_credentials needs client authentication",
+            );
+        }
+        Some("client_credentials") => None,
+        Some(TOKEN_EXCHANGE_GRANT) => {
+            let (Some(subject), Some(_)) = (param("subject_token"), param("subject_token_type"))
+            else {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "subject_token and subject_token_type are required",
+                );
+            };
+            if param("actor_token").is_some() != param("actor_token_type").is_some() {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "actor_token and actor_token_type go together",
+                );
+            }
+            let tokens = [Some(subject), param("actor_token")];
+            if let Some(reason) = tokens
+                .iter()
+                .flatten()
+                .find_map(|token| unverified_claims(token).and_then(|_| check_times(token).err()))
+            {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_grant", reason);
+            }
+            Some(
+                param("requested_token_type")
+                    .unwrap_or_else(|| "urn:ietf:params:oauth:token-type:access_token".to_owned()),
+            )
+        }
+        Some(JWT_BEARER_GRANT) => {
+            let Some(assertion) = param("assertion") else {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "assertion is required",
+                );
+            };
+            if let Err(reason) = verify_grant_assertion(shared, &assertion) {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_grant", reason);
+            }
+            None
+        }
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials, token-exchange and jwt-bearer",
+            );
+        }
+    };
     Outcome::Issue {
         client_id,
         lifetime,
         scope: param("scope"),
+        issued_token_type,
+    }
+}
+
+/// A `jwt_bearer` grant's assertion: unexpired, and, when a key is registered for its `iss`
+/// (with [`Idp::add_key_client`]), signed by it for the token endpoint.
+fn verify_grant_assertion(shared: &Shared, assertion: &str) -> Result<(), &'static str> {
+    let claims = unverified_claims(assertion).ok_or("the assertion is not a JWT")?;
+    check_times(assertion)?;
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let state = shared.lock();
+    match state
+        .clients
+        .get(issuer)
+        .map(|registered| &registered.credential)
+    {
+        Some(Credential::PublicKey { algorithm, key }) => {
+            verify_signature(assertion, *algorithm, key)?;
+            audience_is(&claims, &shared.token_url)
+        }
+        _ => Ok(()),
     }
 }
 
 enum Proof {
     Secret(String),
     Assertion(String),
+    None,
 }
 
 fn refuse(status: StatusCode, error: &str, description: &str) -> Outcome {
@@ -728,42 +954,104 @@ fn verify_assertion(
     client_id: &str,
     audience: &str,
 ) -> Result<(), &'static str> {
-    let mut parts = assertion.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    verify_signature(assertion, algorithm, key)?;
+    verify_client_claims(assertion, client_id, audience)
+}
+
+/// Checks a `client_secret_jwt` assertion: HS256 with the client secret, then the claims.
+fn verify_secret_assertion(
+    assertion: &str,
+    secret: &str,
+    client_id: &str,
+    audience: &str,
+) -> Result<(), &'static str> {
+    let (signing_input, signature) = split_jws(assertion)?;
+    let header = unverified_header(assertion).ok_or("bad header")?;
+    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        return Err("unexpected alg");
+    }
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::verify(&key, signing_input.as_bytes(), &signature).map_err(|_| "bad signature")?;
+    verify_client_claims(assertion, client_id, audience)
+}
+
+/// The signing input and the decoded signature of a compact JWS.
+fn split_jws(jws: &str) -> Result<(&str, Vec<u8>), &'static str> {
+    let Some((signing_input, signature)) = jws.rsplit_once('.') else {
         return Err("the assertion is not a JWS");
     };
-    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| "bad base64url");
-    let header: Value = serde_json::from_slice(&decode(header)?).map_err(|_| "bad header")?;
+    if signing_input.split('.').count() != 2 {
+        return Err("the assertion is not a JWS");
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "bad base64url")?;
+    Ok((signing_input, signature))
+}
+
+fn verify_signature(
+    assertion: &str,
+    algorithm: KeyAlgorithm,
+    key: &[u8],
+) -> Result<(), &'static str> {
+    let (signing_input, signature) = split_jws(assertion)?;
+    let header = unverified_header(assertion).ok_or("bad header")?;
     if header.get("alg").and_then(Value::as_str) != Some(algorithm.name()) {
         return Err("unexpected alg");
     }
-    let signing_input_len = assertion.len() - signature.len() - 1;
     ring::signature::UnparsedPublicKey::new(algorithm.verification(), key)
-        .verify(
-            &assertion.as_bytes()[..signing_input_len],
-            &decode(signature)?,
-        )
-        .map_err(|_| "bad signature")?;
-    let claims: Value = serde_json::from_slice(&decode(payload)?).map_err(|_| "bad claims")?;
+        .verify(signing_input.as_bytes(), &signature)
+        .map_err(|_| "bad signature")
+}
+
+/// `iss` = `sub` = client, `aud` the token endpoint, `exp` not passed.
+fn verify_client_claims(
+    assertion: &str,
+    client_id: &str,
+    audience: &str,
+) -> Result<(), &'static str> {
+    let claims = unverified_claims(assertion).ok_or("bad claims")?;
     let claim = |name: &str| claims.get(name).and_then(Value::as_str);
     if claim("iss") != Some(client_id) || claim("sub") != Some(client_id) {
         return Err("iss and sub must be the client id");
     }
+    audience_is(&claims, audience)?;
+    match claims.get("exp").and_then(Value::as_u64) {
+        Some(exp) if exp > unix_now() => Ok(()),
+        _ => Err("the assertion has expired"),
+    }
+}
+
+fn audience_is(claims: &Value, audience: &str) -> Result<(), &'static str> {
     let audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => aud == audience,
         Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(audience)),
         _ => false,
     };
-    if !audience_ok {
-        return Err("aud must be the token endpoint");
+    if audience_ok {
+        Ok(())
+    } else {
+        Err("aud must be the token endpoint")
     }
+}
+
+/// A JWT's `exp` (required) has not passed and its `nbf` (if any) has.
+fn check_times(jwt: &str) -> Result<(), &'static str> {
+    let claims = unverified_claims(jwt).ok_or("the token is not a JWT")?;
     let now = unix_now();
     match claims.get("exp").and_then(Value::as_u64) {
-        Some(exp) if exp > now => Ok(()),
-        _ => Err("the assertion has expired"),
+        Some(exp) if exp > now => {}
+        _ => return Err("the token has expired"),
     }
+    match claims.get("nbf").and_then(Value::as_u64) {
+        Some(nbf) if nbf > now => Err("the token is not valid yet"),
+        _ => Ok(()),
+    }
+}
+
+fn unverified_header(jwt: &str) -> Option<Value> {
+    let header = jwt.split('.').next()?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()
 }
 
 fn unverified_claims(jwt: &str) -> Option<Value> {
@@ -980,6 +1268,49 @@ mod tests {
     }
 
     const GRANT: (&str, &str) = ("grant_type", "client_credentials");
+
+    #[test]
+    fn the_rate_limit_admits_its_burst_then_its_rate() {
+        let start = std::time::Instant::now();
+        let mut limiter = Limiter {
+            limit: RateLimit {
+                per_second: 2.0,
+                burst: 2.0,
+                retry_after: None,
+            },
+            level: 2.0,
+            updated: start,
+        };
+        assert!(limiter.admit(start) && limiter.admit(start));
+        assert!(!limiter.admit(start));
+        assert!(!limiter.admit(start + Duration::from_millis(400)));
+        assert!(limiter.admit(start + Duration::from_millis(500)));
+        // Idle time refills the bucket up to its burst, no further.
+        let later = start + Duration::from_secs(60);
+        assert!(limiter.admit(later) && limiter.admit(later));
+        assert!(!limiter.admit(later));
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_rate_limit_are_answered_429() {
+        let http = http();
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        idp.add_client("a", "s", Duration::from_secs(60));
+        idp.set_rate_limit(Some(RateLimit {
+            per_second: 0.001,
+            burst: 1.0,
+            retry_after: Some("7".into()),
+        }));
+        let (status, _, _) = post(&http, &idp.token_url(), Some(("a", "s")), &[GRANT]).await;
+        assert_eq!(status, 200);
+        let (status, _, headers) = post(&http, &idp.token_url(), Some(("a", "s")), &[GRANT]).await;
+        assert_eq!(status, 429);
+        assert_eq!(headers["retry-after"], "7");
+        assert_eq!(idp.rate_limited_count(), 1);
+        idp.set_rate_limit(None);
+        let (status, _, _) = post(&http, &idp.token_url(), Some(("a", "s")), &[GRANT]).await;
+        assert_eq!(status, 200);
+    }
 
     #[tokio::test]
     async fn issues_tokens_and_records_how_clients_authenticated() {

@@ -1,0 +1,204 @@
+//! The polite request rate (`[agent] max_requests_per_second`): one token bucket per token
+//! endpoint host, which every attempt passes before it takes its place in flight.
+//! The bucket is a pure function of the monotonic time it is given (waiting is the clock's);
+//! this file sends nothing, reads no config and decides no retries (a backoff or a
+//! `Retry-After` is waited out before, in `worker`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use crate::clock::Clock;
+
+/// A token bucket holding at most one token, refilled every `interval`: requests go at most
+/// one per interval, evenly spaced, never two at once (a server that counts per second sees
+/// no burst on top of the rate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bucket {
+    interval: Duration,
+    /// When the next request may go; `None`: at once.
+    next_free: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(per_second: f64) -> Self {
+        Self {
+            interval: interval(per_second),
+            next_free: None,
+        }
+    }
+
+    /// How long from `now` until a request may go.
+    fn wait(&self, now: Instant) -> Duration {
+        self.next_free
+            .map_or(Duration::ZERO, |free| free.saturating_duration_since(now))
+    }
+
+    /// A request goes at `now` (no earlier than [`Bucket::wait`] allows): the next one may go
+    /// one interval later.
+    fn take(&mut self, now: Instant) {
+        let at = self.next_free.map_or(now, |free| free.max(now));
+        self.next_free = Some(at + self.interval);
+    }
+}
+
+/// One request every `1 / per_second` seconds; `per_second` is checked by the config
+/// (0.001 to 10,000), the clamp only keeps a stray value from panicking.
+fn interval(per_second: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / per_second.clamp(0.001, 1_000_000.0))
+}
+
+/// The key a request is counted under: the host and port of the URL it goes to (the
+/// scheme's default port when the URL names none).
+pub(crate) fn host_of(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// The buckets of one `max_requests_per_second` setting, one per host, created when a host
+/// is first asked for. Shared by every worker of a configuration and kept across reloads
+/// that leave the setting alone (see `WorkerContext::renewed`).
+#[derive(Debug)]
+pub(crate) struct RateLimits {
+    per_second: Option<f64>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Bucket>>>>,
+}
+
+impl RateLimits {
+    /// Limits of `per_second` requests per host; `None`: no limit.
+    pub(crate) fn new(per_second: Option<f64>) -> Arc<Self> {
+        Arc::new(Self {
+            per_second,
+            hosts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn per_second(&self) -> Option<f64> {
+        self.per_second
+    }
+
+    /// Waits for `host`'s turn, then for `admit` (the place in flight), and only then spends
+    /// the turn, so a request goes at least one interval after the one before it. Turns are
+    /// first come, first served per host; a caller dropped while it waits spends nothing.
+    /// Without a limit, this is `admit`.
+    pub(crate) async fn paced<T>(
+        &self,
+        host: String,
+        clock: &Clock,
+        admit: impl Future<Output = T>,
+    ) -> T {
+        let Some(per_second) = self.per_second else {
+            return admit.await;
+        };
+        let bucket = Arc::clone(
+            self.hosts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(host.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Bucket::new(per_second)))),
+        );
+        // tokio's mutex queues its waiters in order: the host's clients take turns.
+        let mut bucket = bucket.lock().await;
+        let wait = bucket.wait(Instant::now());
+        if !wait.is_zero() {
+            tracing::debug!(
+                %host,
+                wait = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                "waiting for the request rate (max_requests_per_second)"
+            );
+            clock.sleep(wait).await;
+        }
+        let admitted = admit.await;
+        bucket.take(Instant::now());
+        admitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn the_first_request_goes_at_once_and_the_next_one_interval_later() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(2.0);
+        assert_eq!(bucket.wait(start), Duration::ZERO);
+        bucket.take(start);
+        assert_eq!(bucket.wait(start), Duration::from_millis(500));
+        assert_eq!(
+            bucket.wait(start + Duration::from_millis(200)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(bucket.wait(start + Duration::from_secs(1)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_fraction_means_one_request_every_few_seconds() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(0.5);
+        bucket.take(start);
+        assert_eq!(bucket.wait(start), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_idle_bucket_saves_no_burst() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(1.0);
+        bucket.take(start);
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(bucket.wait(later), Duration::ZERO);
+        bucket.take(later);
+        assert_eq!(bucket.wait(later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn hosts_are_keyed_with_their_port() {
+        let key = |text: &str| host_of(&Url::parse(text).expect("url"));
+        assert_eq!(
+            key("https://login.cloud.camunda.io/oauth/token"),
+            "login.cloud.camunda.io:443"
+        );
+        assert_eq!(key("http://127.0.0.1:8080/token"), "127.0.0.1:8080");
+        assert_eq!(key("http://[::1]/token"), "[::1]:80");
+        assert_ne!(key("http://127.0.0.1:1/t"), key("http://127.0.0.1:2/t"));
+    }
+
+    proptest! {
+        /// Whenever requests try to go (each waits as long as the bucket says, then goes), no
+        /// two are closer than the interval, and none waits longer than it must.
+        #[test]
+        fn requests_are_never_closer_than_the_interval(
+            per_second in 0.001f64..10_000.0,
+            arrivals in proptest::collection::vec(0u64..5_000_000, 1..50),
+        ) {
+            let start = Instant::now();
+            let mut bucket = Bucket::new(per_second);
+            let spacing = interval(per_second);
+            let mut arrivals = arrivals;
+            arrivals.sort_unstable();
+            let mut last: Option<Instant> = None;
+            for offset in arrivals {
+                let arrived = start + Duration::from_micros(offset);
+                // Requests queue in order: one arriving before the last went waits for it.
+                let ready = last.map_or(arrived, |last| last.max(arrived));
+                let sent = ready + bucket.wait(ready);
+                bucket.take(sent);
+                if let Some(last) = last {
+                    prop_assert!(sent - last >= spacing);
+                    prop_assert!(sent == arrived.max(last + spacing));
+                } else {
+                    prop_assert_eq!(sent, arrived);
+                }
+                last = Some(sent);
+            }
+        }
+    }
+}
