@@ -50,7 +50,8 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// The wait before retry number `attempt` (0 for the first retry): exponential backoff with
-    /// full jitter between `min` and `min · 2^attempt` (capped at `max`); `Permanent` failures
+    /// full jitter between `min` and `min · 2^(attempt + 1)` (capped at `max`) — the first retry
+    /// is jittered too, so a fleet refused at once does not come back at once; `Permanent` failures
     /// wait `max`. A `retry_after` from the server is a floor (capped at [`RETRY_AFTER_CAP`] or
     /// `max`, whichever is longer). The backoff (not the
     /// server's floor) never sleeps past `expires_at`, the expiry of the token still on disk,
@@ -69,7 +70,10 @@ impl Backoff {
             Failure::Permanent => self.max,
             Failure::Transient => {
                 let ceiling = min
-                    .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+                    .checked_mul(
+                        1u32.checked_shl(attempt.saturating_add(1).min(31))
+                            .unwrap_or(u32::MAX),
+                    )
                     .unwrap_or(self.max)
                     .min(self.max);
                 min + (ceiling - min).mul_f64(random.clamp(0.0, 1.0))
@@ -130,9 +134,9 @@ mod tests {
     #[test]
     fn backoff_grows_exponentially_and_is_capped() {
         let ceiling = |attempt| BACKOFF.delay(Failure::Transient, attempt, None, at(0), None, 1.0);
-        assert_eq!(ceiling(0), Duration::from_secs(1));
-        assert_eq!(ceiling(1), Duration::from_secs(2));
-        assert_eq!(ceiling(5), Duration::from_secs(32));
+        assert_eq!(ceiling(0), Duration::from_secs(2));
+        assert_eq!(ceiling(1), Duration::from_secs(4));
+        assert_eq!(ceiling(5), Duration::from_secs(64));
         assert_eq!(ceiling(9), Duration::from_secs(300));
         assert_eq!(ceiling(200), Duration::from_secs(300));
     }

@@ -133,7 +133,10 @@ pub fn load(path: &Path, client: &ClientSpec) -> Option<Token> {
     {
         return None;
     }
-    let at = |secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+    // A time past the year 9999 cannot be formatted for a log line: such a file is not ours.
+    const LATEST: u64 = 253_402_300_799;
+    let at =
+        |secs: u64| (secs <= LATEST).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
     Some(Token {
         access_token: Secret::new(persisted.access_token),
         token_type: persisted.token_type,
@@ -311,6 +314,22 @@ mod tests {
             None,
             "another file is another identity"
         );
+    }
+
+    /// A time no log line can show (past the year 9999) makes the file untrusted, not a panic.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
+    fn a_saved_time_past_the_year_9999_is_not_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let spec = client("secret-one");
+        let token = crate::token::sample("abc.def", None, 4_000_000_000);
+        save(&path, &spec, &token).expect("save");
+        assert_eq!(load(&path, &spec), Some(token));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("4000000000"), "{text}");
+        std::fs::write(&path, text.replace("4000000000", "1000000000000000")).expect("edit");
+        assert_eq!(load(&path, &spec), None);
     }
 
     #[test]

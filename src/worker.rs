@@ -255,6 +255,9 @@ struct Progress {
     last_request: Option<Instant>,
     /// A refresh-now is already waiting for the quiet second to pass.
     refresh_waiting: bool,
+    /// The last failure carried the server's `Retry-After`: `due` honours it, and a token
+    /// file's change does not bring the retry forward.
+    server_asked_to_wait: bool,
 }
 
 impl Worker {
@@ -407,12 +410,7 @@ impl Worker {
                 () = clock.sleep_until(wake) => {}
                 command = commands.recv() => match command {
                     Some(Command::RefreshNow) => progress.refresh_requested(clock),
-                    // A healthy client keeps its token: the next refresh reads the new file.
-                    Some(Command::TokenFileChanged) if progress.last_error.is_some() => {
-                        info!("a token file changed; retrying");
-                        progress.refresh_requested(clock);
-                    }
-                    Some(Command::TokenFileChanged) => {}
+                    Some(Command::TokenFileChanged) => progress.token_file_changed(clock),
                     Some(Command::ClockChanged) => {
                         debug!("clock changed; re-checking deadlines");
                         progress.clock_changed(clock);
@@ -481,6 +479,7 @@ impl Worker {
         if progress.last_error.take().is_some() {
             info!("recovered");
         }
+        progress.server_asked_to_wait = false;
         info!(
             token = %token.access_token.fingerprint(),
             expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
@@ -523,6 +522,7 @@ impl Worker {
         );
         progress.attempt = progress.attempt.saturating_add(1);
         progress.due = now.checked_add(delay).unwrap_or(now);
+        progress.server_asked_to_wait = failed.retry_after.is_some();
         let message = &failed.message;
         let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
         if progress.last_error.as_deref() != Some(message.as_str()) {
@@ -626,7 +626,25 @@ impl Progress {
             expired_reported: false,
             last_request: None,
             refresh_waiting: false,
+            server_asked_to_wait: false,
         }
+    }
+
+    /// A token file this client reads changed. A healthy client keeps its token (the next
+    /// refresh reads the new file); one waiting on a failure retries now, since a fresh file
+    /// may be what heals it, unless the server asked it to wait (SPEC: honour `Retry-After`).
+    fn token_file_changed(&mut self, clock: &Clock) {
+        if self.last_error.is_none() {
+            return;
+        }
+        if self.server_asked_to_wait {
+            info!(
+                "a token file changed; the server asked to wait (Retry-After), so the retry stays as planned"
+            );
+            return;
+        }
+        info!("a token file changed; retrying");
+        self.refresh_requested(clock);
     }
 
     /// When to wake up: when the fetch is due, or when the current token expires if that comes

@@ -133,22 +133,37 @@ pub(super) fn client_assertion(
     audience: &str,
     now: SystemTime,
 ) -> Result<Secret, String> {
-    signed_assertion(key_pem, key_id, client_id, client_id, audience, now)
+    let claims = claims(client_id, client_id, audience, now)?;
+    sign_with_key(key_pem, key_id, &claims)
 }
 
-/// An RFC 7523 assertion signed with the private key in `key_pem` (RS256 or ES256): a
-/// `private_key_jwt` client assertion, or a self-signed `jwt_bearer` grant.
-pub(super) fn signed_assertion(
+/// The claims of a self-signed `jwt_bearer` grant assertion.
+pub(super) struct GrantClaims<'a> {
+    pub(super) issuer: &'a str,
+    pub(super) subject: &'a str,
+    pub(super) audience: &'a str,
+    /// Also a `scope` claim: Google's token endpoint reads the scopes from the assertion.
+    pub(super) scope: Option<&'a str>,
+}
+
+/// An RFC 7523 §2.1 grant assertion signed with the private key in `key_pem` (RS256 or
+/// ES256), valid for [`ASSERTION_LIFETIME`] from `now`.
+pub(super) fn grant_assertion(
     key_pem: &Secret,
     key_id: Option<&str>,
-    issuer: &str,
-    subject: &str,
-    audience: &str,
+    grant: &GrantClaims<'_>,
     now: SystemTime,
 ) -> Result<Secret, String> {
+    let mut claims = claims(grant.issuer, grant.subject, grant.audience, now)?;
+    if let (Some(scope), Value::Object(map)) = (grant.scope, &mut claims) {
+        map.insert("scope".to_owned(), scope.into());
+    }
+    sign_with_key(key_pem, key_id, &claims)
+}
+
+fn sign_with_key(key_pem: &Secret, key_id: Option<&str>, claims: &Value) -> Result<Secret, String> {
     let key = SigningKey::from_pem(key_pem)?;
-    let claims = claims(issuer, subject, audience, now)?;
-    jws(key.algorithm(), key_id, &claims, |input| key.sign(input))
+    jws(key.algorithm(), key_id, claims, |input| key.sign(input))
 }
 
 /// A `client_secret_jwt` assertion (OIDC Core §9): HS256 with the client secret as the key,

@@ -19,7 +19,9 @@ use super::credentials::{Credentials, basic_authorization};
 use super::error::FetchError;
 use super::grant::{BearerAssertion, GrantRequest};
 use super::http::{cause, read_response, request_failed};
-use super::jwt::{ASSERTION_TYPE, client_assertion, secret_assertion, signed_assertion};
+use super::jwt::{
+    ASSERTION_TYPE, GrantClaims, client_assertion, grant_assertion, secret_assertion,
+};
 use super::response::{parse_response, redact_bytes};
 use crate::config::display_url;
 use crate::secret::Secret;
@@ -76,18 +78,29 @@ pub(super) async fn request_token(
             .await
             .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))?;
         // An error body is quoted (and perhaps cut short, which would defeat redacting the
-        // message afterwards): redact it first. A 2xx body is left alone: it holds the token.
-        if !(200..300).contains(&response.status) {
-            response.body = redact_bytes(&response.body, &echoable);
+        // message afterwards): redact it first. A 2xx body is parsed as sent, since it holds
+        // the token; only the error it may become is read again from its redacted form.
+        let success = (200..300).contains(&response.status);
+        if !success {
+            response.body = redact_body(&response.body, &echoable);
         }
-        parse_response(
-            response.status,
-            response.retry_after.as_deref(),
-            response.content_type.as_deref(),
-            &response.body,
-            now,
-            default_lifetime,
-        )
+        let parse = |body: &[u8]| {
+            parse_response(
+                response.status,
+                response.retry_after.as_deref(),
+                response.content_type.as_deref(),
+                body,
+                now,
+                default_lifetime,
+            )
+        };
+        match parse(&response.body) {
+            Err(error) if success => match parse(&redact_body(&response.body, &echoable)) {
+                Err(redacted) => Err(redacted),
+                Ok(_) => Err(error),
+            },
+            parsed => parsed,
+        }
         .map_err(|error| error.map_message(|message| format!("{prefix}{message}")))
     }
     .await;
@@ -98,6 +111,41 @@ pub(super) async fn request_token(
                 .fold(message, |message, form| message.replace(form, "[redacted]"))
         })
     })
+}
+
+/// `body` with every form in `echoable` redacted, as bytes and, when it is JSON, inside every
+/// decoded string too: a JSON escape the forms miss (`\/`, `\u0041`) is undone when a message
+/// quotes the string, and perhaps cut short, past what redacting the message could catch.
+fn redact_body(body: &[u8], echoable: &[String]) -> Vec<u8> {
+    fn redact(value: &mut Value, echoable: &[String]) {
+        let fold = |text: &str| {
+            echoable.iter().fold(text.to_owned(), |text, form| {
+                text.replace(form, "[redacted]")
+            })
+        };
+        match value {
+            Value::String(text) => *text = fold(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| redact(item, echoable)),
+            Value::Object(object) => {
+                *object = std::mem::take(object)
+                    .into_iter()
+                    .map(|(key, mut value)| {
+                        redact(&mut value, echoable);
+                        (fold(&key), value)
+                    })
+                    .collect();
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    let bytes = redact_bytes(body, echoable);
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut value) => {
+            redact(&mut value, echoable);
+            serde_json::to_vec(&value).unwrap_or(bytes)
+        }
+        Err(_) => bytes,
+    }
 }
 
 /// The forms in which a server may echo `value`: as is, form-encoded and JSON-escaped. None
@@ -156,10 +204,17 @@ fn build_request(
                     issuer,
                     subject,
                     audience,
-                } => signed_assertion(key_pem, key_id.as_deref(), issuer, subject, audience, now)
-                    .map_err(|message| {
-                    FetchError::permanent(format!("jwt_bearer assertion: {message}"))
-                })?,
+                } => {
+                    let claims = GrantClaims {
+                        issuer,
+                        subject,
+                        audience,
+                        scope: request.scope,
+                    };
+                    grant_assertion(key_pem, key_id.as_deref(), &claims, now).map_err(
+                        |message| FetchError::permanent(format!("jwt_bearer assertion: {message}")),
+                    )?
+                }
             };
             params.push(("assertion", assertion.expose().to_owned()));
             sensitive.push(assertion);
@@ -611,6 +666,44 @@ mod tests {
         );
     }
 
+    /// Google's token endpoint reads the scopes of a service-account grant from the assertion.
+    #[test]
+    fn a_signed_jwt_bearer_grant_carries_its_scope_as_a_claim() {
+        let url = Url::parse("https://idp.example.com/token").expect("url");
+        let extra = BTreeMap::new();
+        let grant = |scope| TokenRequest {
+            token_url: &url,
+            client_id: "sa@project.iam.gserviceaccount.com",
+            credentials: Credentials::Public,
+            grant: GrantRequest::JwtBearer(BearerAssertion::Sign {
+                key_pem: Secret::new(EC_SEC1),
+                key_id: Some("k1".into()),
+                issuer: "sa@project.iam.gserviceaccount.com".into(),
+                subject: "sa@project.iam.gserviceaccount.com".into(),
+                audience: "https://oauth2.googleapis.com/token".into(),
+            }),
+            audience: None,
+            scope,
+            extra_params: &extra,
+        };
+        let claims_of = |request: &TokenRequest<'_>| -> Value {
+            let built = build_request(&bare(), request, now()).expect("request");
+            let assertion = form(&built.request)["assertion"].clone();
+            let payload = assertion.split('.').nth(1).expect("a JWS").to_owned();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
+                .expect("claims")
+        };
+        let scoped = claims_of(&grant(Some(
+            "https://www.googleapis.com/auth/cloud-platform",
+        )));
+        assert_eq!(
+            scoped["scope"],
+            "https://www.googleapis.com/auth/cloud-platform"
+        );
+        assert_eq!(scoped["aud"], "https://oauth2.googleapis.com/token");
+        assert!(claims_of(&grant(None)).get("scope").is_none());
+    }
+
     #[test]
     fn unusable_keys_are_permanent_errors_that_quote_nothing() {
         let url = Url::parse("https://idp.example.com/token").expect("url");
@@ -758,6 +851,66 @@ mod tests {
         .expect_err("500");
         assert!(!error.message().contains("wrong-secret"), "{error}");
         assert!(error.message().contains("[redacted]"), "{error}");
+    }
+
+    /// An echo the message would quote cut short (an excerpt is 120 characters) is no longer
+    /// the whole credential, so it must be redacted before the cut: in a 2xx body without a
+    /// token, and in an error body whose JSON escapes the credential (`\/`).
+    #[tokio::test]
+    async fn an_echo_cut_short_in_a_message_is_still_redacted() {
+        let idp = Idp::start(IdpSettings {
+            accept_unknown_clients: true,
+            ..IdpSettings::default()
+        })
+        .await
+        .expect("idp");
+        let url = Url::parse(&idp.token_url()).expect("url");
+        let extra = BTreeMap::new();
+        let padding = "p".repeat(100);
+        let subject = format!("subj3ct-t0ken-{}", "q".repeat(60));
+        idp.set_fault(Fault::Body(format!(
+            r#"{{"error":"invalid_grant","error_description":"{padding} {subject}"}}"#
+        )));
+        let exchange = TokenRequest {
+            token_url: &url,
+            client_id: "c",
+            credentials: Credentials::Public,
+            grant: GrantRequest::TokenExchange {
+                subject_token: Secret::new(subject.as_str()),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                actor: None,
+                requested_token_type: None,
+            },
+            audience: None,
+            scope: None,
+            extra_params: &extra,
+        };
+        let error = request_token(&http(), &exchange, SystemTime::now(), DEFAULT)
+            .await
+            .expect_err("no token");
+        assert!(error.message().contains("[redacted]"), "{error}");
+        assert!(!error.message().contains("subj3ct"), "{error}");
+
+        let secret = "s3cr/et-value-0123456789";
+        idp.set_fault(Fault::Status {
+            status: 400,
+            body: format!(
+                r#"{{"error":"invalid_client","error_description":"{padding} {}"}}"#,
+                secret.replace('/', "\\/")
+            ),
+            content_type: "application/json".into(),
+            retry_after: None,
+        });
+        let error = request(
+            &http(),
+            &idp.token_url(),
+            "c",
+            Credentials::Post(Secret::new(secret)),
+        )
+        .await
+        .expect_err("refused");
+        assert!(error.message().contains("[redacted]"), "{error}");
+        assert!(!error.message().contains("s3cr"), "{error}");
     }
 
     #[tokio::test]

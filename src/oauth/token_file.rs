@@ -35,33 +35,55 @@ pub(super) fn read(path: &Path, kind: files::Kind, now: SystemTime) -> Result<Se
         ));
     }
     if let Some(claims) = jwt_claims(token) {
-        let time = |name: &str| {
-            claims
-                .get(name)
-                .and_then(Value::as_f64)
-                .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-                .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds as u64)))
+        // Compared as numbers, not as `SystemTime`s: a claim before 1970 or past what a
+        // `SystemTime` holds must still be judged, not taken for an absent one.
+        let claim = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .filter(|seconds| seconds.is_finite())
+                .map(Some)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "has an {name} claim that is not a number (RFC 7519 NumericDate), \
+                         not sent"
+                    ))
+                }),
         };
-        if let Some(expires_at) = time("exp")
-            && expires_at <= now
+        let now_seconds = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        if let Some(exp) = claim("exp")?
+            && exp <= now_seconds
         {
-            return Err(refuse(format!(
-                "expired at {}, not sent",
-                humantime::format_rfc3339_seconds(expires_at)
-            )));
+            return Err(refuse(format!("expired at {}, not sent", unix_time(exp))));
         }
-        if let Some(not_before) = time("nbf")
-            && not_before > now
+        if let Some(nbf) = claim("nbf")?
+            && nbf > now_seconds
         {
             return Err(refuse(format!(
                 "not valid before {}, not sent",
-                humantime::format_rfc3339_seconds(not_before)
+                unix_time(nbf)
             )));
         }
     }
     let token = Secret::new(token);
     tracing::debug!(path = %path.display(), token = %token.fingerprint(), "read {}", kind.name());
     Ok(token)
+}
+
+/// A NumericDate for a message: RFC 3339 where one can show it (humantime's formatting fails,
+/// and `format!` then panics, outside 1970 to 9999), else the number itself.
+fn unix_time(seconds: f64) -> String {
+    const YEAR_10000: f64 = 253_402_300_800.0;
+    if (0.0..YEAR_10000).contains(&seconds) {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds as u64))
+            .to_string()
+    } else if seconds.abs() < 1e18 {
+        format!("Unix time {seconds}")
+    } else {
+        format!("Unix time {seconds:e}")
+    }
 }
 
 /// A compact JWS's claims, if `token` is one (three base64url parts, a JSON object inside).
@@ -141,5 +163,74 @@ mod tests {
                 .starts_with(&format!("cannot read subject_token_file {shown}")),
             "{error}"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
+mod hostile {
+    use super::*;
+
+    fn jwt(claims: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    }
+
+    /// Claims no issuer would write are refused with a message, never a panic, and an
+    /// expiry or start that cannot be read or shown is not taken as "none".
+    #[test]
+    fn absurd_exp_and_nbf_claims_are_refused_without_a_panic() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("token");
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let shown = path.display().to_string();
+        for (claims, reason) in [
+            (
+                r#"{"nbf":1e12}"#,
+                "not valid before Unix time 1000000000000, not sent",
+            ),
+            (
+                r#"{"nbf":1e20}"#,
+                "not valid before Unix time 1e20, not sent",
+            ),
+            (
+                r#"{"nbf":1e300}"#,
+                "not valid before Unix time 1e300, not sent",
+            ),
+            (r#"{"exp":-5}"#, "expired at Unix time -5, not sent"),
+            (r#"{"exp":-1e300}"#, "expired at Unix time -1e300, not sent"),
+            (
+                r#"{"exp":"1500000000"}"#,
+                "has an exp claim that is not a number (RFC 7519 NumericDate), not sent",
+            ),
+            (
+                r#"{"exp":null}"#,
+                "has an exp claim that is not a number (RFC 7519 NumericDate), not sent",
+            ),
+            (
+                r#"{"exp":1800000060,"nbf":"soon"}"#,
+                "has an nbf claim that is not a number (RFC 7519 NumericDate), not sent",
+            ),
+            (
+                r#"{"exp":1800000000.5,"nbf":1800000000.75}"#,
+                "not valid before 2027-01-15T08:00:00Z, not sent",
+            ),
+        ] {
+            std::fs::write(&path, jwt(claims)).expect("write");
+            let error = read(&path, files::Kind::Assertion, now).expect_err(claims);
+            assert!(matches!(error, FetchError::TokenFile { .. }), "{claims}");
+            assert_eq!(
+                error.message(),
+                format!("assertion_file {shown}: {reason}"),
+                "{claims}"
+            );
+        }
+        for claims in [r#"{"exp":1e300}"#, r#"{"exp":1800000000.5,"nbf":-3}"#] {
+            std::fs::write(&path, jwt(claims)).expect("write");
+            read(&path, files::Kind::Assertion, now).expect(claims);
+        }
     }
 }

@@ -37,10 +37,29 @@
 //                                       // and ask for a client certificate (tls_client_auth and
 //                                       // certificate-bound tokens); paths are PEM files
 //   "http2": false,                     // with "tls": offer HTTP/2 by ALPN (HTTP/1.1 still works)
-//   "mtls_alias": false                 // with "tls": publish mtls_endpoint_aliases.token_endpoint
+//   "mtls_alias": false,                // with "tls": publish mtls_endpoint_aliases.token_endpoint
 //                                       // (RFC 8705 §5) = ISSUER/mtls/token, a second path to the
 //                                       // token endpoint whose requests are counted apart
+//   "extra_auth_methods": [],           // also offer these client authentication methods:
+//                                       // "client_secret_jwt", "none" (off by default, so that
+//                                       // discovery lists only the usual three)
+//   "token_exchange": {                 // optional: the RFC 8693 grant, see below
+//     "issuer": "https://kubernetes.default.svc",    // the subject token's required `iss`
+//     "audience": "sts.example.com",    // the subject token's required `aud` (one of)
+//     "jwks": { "keys": [ ... ] },      // the public keys subject (and actor) tokens are signed by
+//     "subject_token_types": ["urn:ietf:params:oauth:token-type:jwt"]   // accepted (default)
+//   }
 // }
+//
+// The token exchange grant (urn:ietf:params:oauth:grant-type:token-exchange, for clients whose
+// grant_types list it) is oidc-provider's registerGrantType with the handler below: the client
+// authenticates as for any grant (or as a public client with "none"); subject_token and
+// subject_token_type are required (invalid_request); the type must be accepted (invalid_request);
+// the token's signature (jose, against "jwks"), `iss`, `aud`, `exp` and `nbf` (5 s leeway) must
+// verify (invalid_grant); an actor_token needs an actor_token_type and is verified the same way;
+// a requested_token_type other than access_token is invalid_request. It issues a JWT access token
+// whose `sub` is the subject token's (`act.sub` the actor's), with `issued_token_type`
+// urn:ietf:params:oauth:token-type:access_token and the resource/audience as for other grants.
 //
 // An `audience` form parameter (Auth0 / Camunda style) is honoured like a `resource`: the token's
 // `aud` becomes its value. An explicit RFC 8707 `resource` wins over it.
@@ -48,7 +67,10 @@
 // Test-only endpoints, next to oidc-provider's own:
 //   GET  /__test/stats   -> {"token_requests":N,"faults_served":N,"issued":{"client":N},"errors":{"client":N},
 //                            "http_versions":{"1.1":N,"2.0":N},   (of the token requests)
-//                            "mtls_alias_requests":N}             (of those, made to the alias)
+//                            "mtls_alias_requests":N,             (of those, made to the alias)
+//                            "assertions":[{"client","jti","exp","ok"}],     (every client_assertion
+//                                          and subject_token received, in order, with the outcome)
+//                            "subject_tokens":[{"client","jti","sub","ok"}]}
 //   POST /__test/fail    <- {"count":1,"status":503,"body":{...}|"text","headers":{...},"delay_ms":0}
 //                           the next `count` token requests get that response instead
 
@@ -63,6 +85,8 @@ console.info = console.error;
 console.log = console.error;
 
 const { default: Provider, errors } = await import('oidc-provider');
+// jose is oidc-provider's own JOSE library (a dependency it pins), used for the token exchange.
+const jose = await import('jose');
 
 function fail(message) {
   process.stderr.write(`bearerd-interop: ${message}\n`);
@@ -97,6 +121,20 @@ const defaultResource = config.default_resource === undefined
   ? 'https://default.example.com'
   : config.default_resource;
 const AUDIENCE_URN = 'urn:bearerd-interop:audience:';
+const extraAuthMethods = config.extra_auth_methods ?? [];
+for (const method of extraAuthMethods) {
+  if (!['client_secret_jwt', 'none'].includes(method)) {
+    fail(`"extra_auth_methods": ${JSON.stringify(method)} is not client_secret_jwt or none`);
+  }
+}
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const exchange = config.token_exchange ?? null;
+// The claims a token exchange adds to the token it issues (`act`), by token.
+const exchangeClaims = new WeakMap();
+if (exchange && (typeof exchange.issuer !== 'string' || !exchange.audience || !exchange.jwks)) {
+  fail('"token_exchange" needs "issuer", "audience" and "jwks"');
+}
 
 // Per-client settings that are ours, not RFC 7591 metadata: stripped before oidc-provider sees them.
 const clientTtl = new Map();
@@ -136,7 +174,14 @@ const tls = config.tls
 // --- test-only bookkeeping -----------------------------------------------------------------------
 
 const stats = {
-  token_requests: 0, faults_served: 0, issued: {}, errors: {}, http_versions: {}, mtls_alias_requests: 0,
+  token_requests: 0,
+  faults_served: 0,
+  issued: {},
+  errors: {},
+  http_versions: {},
+  mtls_alias_requests: 0,
+  assertions: [],
+  subject_tokens: [],
 };
 const faults = [];
 
@@ -185,6 +230,22 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 
+async function resourceServerInfo(ctx, resource, client) {
+  const audience = resource.startsWith(AUDIENCE_URN)
+    ? decodeURIComponent(resource.slice(AUDIENCE_URN.length))
+    : resource;
+  if (allowedResources && !allowedResources.has(audience)) {
+    throw new errors.InvalidTarget();
+  }
+  return {
+    scope: resourceScope,
+    audience,
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: clientTtl.get(client?.clientId) ?? ttl,
+    jwt: { sign: { alg: 'RS256' } },
+  };
+}
+
 const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
 
 const provider = new Provider(issuer, {
@@ -200,6 +261,7 @@ const provider = new Provider(issuer, {
     'client_secret_post',
     'private_key_jwt',
     ...(tls ? ['tls_client_auth'] : []),
+    ...extraAuthMethods,
   ],
   features: {
     devInteractions: { enabled: false },
@@ -220,21 +282,7 @@ const provider = new Provider(issuer, {
         }
         return defaultResource ?? undefined;
       },
-      async getResourceServerInfo(ctx, resource, client) {
-        const audience = resource.startsWith(AUDIENCE_URN)
-          ? decodeURIComponent(resource.slice(AUDIENCE_URN.length))
-          : resource;
-        if (allowedResources && !allowedResources.has(audience)) {
-          throw new errors.InvalidTarget();
-        }
-        return {
-          scope: resourceScope,
-          audience,
-          accessTokenFormat: 'jwt',
-          accessTokenTTL: clientTtl.get(client?.clientId) ?? ttl,
-          jwt: { sign: { alg: 'RS256' } },
-        };
-      },
+      getResourceServerInfo: resourceServerInfo,
     },
     mTLS: {
       enabled: !!tls,
@@ -268,6 +316,8 @@ const provider = new Provider(issuer, {
       },
     },
   },
+  // oidc-provider sets a token's extra claims from here when it is saved.
+  extraTokenClaims: async (ctx, token) => exchangeClaims.get(token),
   ttl: {
     // Without a resource server (default_resource: null) the lifetime comes from here.
     ClientCredentials: (ctx, token, client) => token.resourceServer?.accessTokenTTL
@@ -293,6 +343,82 @@ function sans(cert) {
   return (cert.subjectAltName || '').split(',').map((s) => s.trim());
 }
 
+// --- the RFC 8693 token exchange grant -----------------------------------------------------------
+
+if (exchange) {
+  const keys = jose.createLocalJWKSet(exchange.jwks);
+  const subjectTypes = new Set(exchange.subject_token_types ?? ['urn:ietf:params:oauth:token-type:jwt']);
+  const verify = async (token, what) => {
+    try {
+      const { payload } = await jose.jwtVerify(token, keys, {
+        issuer: exchange.issuer,
+        audience: exchange.audience,
+        clockTolerance: 5,
+        requiredClaims: ['exp', 'sub'],
+      });
+      return payload;
+    } catch (cause) {
+      throw new errors.InvalidGrant({ detail: `${what}: ${cause.code ?? ''} ${cause.message}`, cause });
+    }
+  };
+  const exchangeHandler = async (ctx) => {
+    const { params, client } = ctx.oidc;
+    for (const name of ['subject_token', 'subject_token_type']) {
+      if (!params[name]) throw new errors.InvalidRequest(`missing required parameter '${name}'`);
+    }
+    if (!subjectTypes.has(params.subject_token_type)) {
+      throw new errors.InvalidRequest(`unsupported subject_token_type ${params.subject_token_type}`);
+    }
+    if (params.actor_token && !params.actor_token_type) {
+      throw new errors.InvalidRequest("'actor_token_type' is required with 'actor_token'");
+    }
+    if (!params.actor_token && params.actor_token_type) {
+      throw new errors.InvalidRequest("'actor_token_type' without 'actor_token'");
+    }
+    if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest(`unsupported requested_token_type ${params.requested_token_type}`);
+    }
+    const subject = await verify(params.subject_token, 'subject_token');
+    const actor = params.actor_token ? await verify(params.actor_token, 'actor_token') : null;
+
+    const allowed = new Set((client.scope || resourceScope).split(' ').filter(Boolean));
+    const requested = (params.scope || '').split(' ').filter(Boolean);
+    for (const s of requested) {
+      if (!allowed.has(s)) throw new errors.InvalidScope('requested scope is not allowed', s);
+    }
+    const resource = params.resource || params.audience || defaultResource;
+    if (Array.isArray(resource)) throw new errors.InvalidTarget('only one resource or audience');
+    if (!resource) throw new errors.InvalidTarget('a resource or audience is required');
+    const identifier = URL.canParse(resource) ? resource : `${AUDIENCE_URN}${encodeURIComponent(resource)}`;
+    const info = await resourceServerInfo(ctx, identifier, client);
+
+    const token = new provider.AccessToken({
+      client,
+      accountId: String(subject.sub),
+      gty: 'token_exchange',
+      scope: requested.join(' ') || undefined,
+    });
+    if (actor) exchangeClaims.set(token, { act: { sub: actor.sub } });
+    token.resourceServer = new provider.ResourceServer(identifier, info);
+    ctx.oidc.entity('AccessToken', token);
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: token.tokenType,
+      expires_in: token.expiration,
+      ...(token.scope ? { scope: token.scope } : {}),
+    };
+  };
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    exchangeHandler,
+    ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
+      'requested_token_type', 'audience', 'resource', 'scope'],
+    ['audience', 'resource'],
+  );
+}
+
 // oidc-provider validates static clients lazily (on first use): validate them now, so that a bad
 // test config fails at startup with the reason instead of as a puzzling invalid_client later.
 for (const { client_id: id } of clients) {
@@ -303,13 +429,37 @@ for (const { client_id: id } of clients) {
   }
 }
 
+// The claims of a JWT the server received, unverified: for the test's bookkeeping only.
+function peek(jwt) {
+  try {
+    return jose.decodeJwt(jwt);
+  } catch {
+    return {};
+  }
+}
+
+// What the token request carried: every client assertion and subject token, with the outcome.
+function record(ctx, id, ok) {
+  const params = ctx.oidc?.params ?? {};
+  if (typeof params.client_assertion === 'string') {
+    const { jti = null, exp = null } = peek(params.client_assertion);
+    stats.assertions.push({ client: id, jti, exp, ok });
+  }
+  if (typeof params.subject_token === 'string') {
+    const { jti = null, sub = null } = peek(params.subject_token);
+    stats.subject_tokens.push({ client: id, jti, sub, ok });
+  }
+}
+
 provider.on('grant.success', (ctx) => {
   const id = ctx.oidc.client?.clientId ?? '?';
   stats.issued[id] = (stats.issued[id] || 0) + 1;
+  record(ctx, id, true);
 });
 provider.on('grant.error', (ctx, err) => {
   const id = ctx.oidc.client?.clientId ?? ctx.oidc.params?.client_id ?? '?';
   stats.errors[id] = (stats.errors[id] || 0) + 1;
+  record(ctx, id, false);
   const detail = [err.error_description, err.error_detail].filter(Boolean).join('; ');
   process.stderr.write(`bearerd-interop: token error for ${id}: ${err.message}${detail ? ` (${detail})` : ''}\n`);
 });

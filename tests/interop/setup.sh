@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the interop tests need, on a fresh machine: oidc-provider (npm, pinned by
-# package-lock.json), Django OAuth Toolkit in tests/interop/.venv (PyPI, pinned by
-# requirements.txt), and the openssl command (Debian) for test keys and certificates.
+# package-lock.json), Django OAuth Toolkit and Authlib + Flask in tests/interop/.venv (PyPI, pinned
+# by requirements.txt), and the openssl command (Debian) for test keys and certificates.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -24,4 +24,6 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
-.venv/bin/python -c 'import django, oauth2_provider; print("interop: node", end=" ")' && node --version
+.venv/bin/python -c 'import django, oauth2_provider, authlib, flask; print("interop: node", end=" ")' && node --version
+# server.mjs imports jose, oidc-provider's own dependency, for its token exchange grant.
+node -e 'import("jose").then(() => {}, (e) => { console.error(`interop: jose: ${e.message}`); process.exit(1); })'

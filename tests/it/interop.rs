@@ -1,13 +1,15 @@
 //! The built `bearerd` binary against real authorization servers on loopback: oidc-provider
 //! (`tests/interop/server.mjs`) for every auth method bearerd has, Django OAuth Toolkit (`dot`) as
 //! a server of another family, a proxy (`proxy`), a client certificate rotated under a running
-//! daemon (`rotation`), and the example templates (`templates`).
+//! daemon (`rotation`), the example templates (`templates`), and the secretless methods and
+//! grants against oidc-provider and Authlib (`secretless`).
 //! Each test checks what the server issued (JWT claims, introspection), not just an exit code;
 //! a server that cannot start fails the test, never skips it.
 
 mod dot;
 mod proxy;
 mod rotation;
+mod secretless;
 mod templates;
 
 use std::collections::HashSet;

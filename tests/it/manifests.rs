@@ -1,7 +1,8 @@
 //! The files under `packaging/` are wired together: Kubernetes volumes, mounts, probe ports and
-//! arguments agree with each other and with the embedded bearerd config, the alert rules name
-//! real metrics, and the Debian default config and systemd unit agree. It reads files only; it
-//! never talks to a cluster, a Prometheus or systemd.
+//! arguments agree with each other and with the embedded bearerd config (the secretless example:
+//! its credentials are projected service-account tokens, and it holds no Secret), the alert rules
+//! name real metrics, and the Debian default config and systemd unit agree. It reads files only;
+//! it never talks to a cluster, a Prometheus or systemd.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::env::VarError;
@@ -38,6 +39,26 @@ fn yaml(path: &str) -> Value {
     serde_norway::from_str(&read(path)).unwrap_or_else(|error| panic!("{path}: {error}"))
 }
 
+/// Every document of a multi-document YAML file.
+fn yaml_documents(path: &str) -> Vec<Value> {
+    use serde::Deserialize as _;
+    serde_norway::Deserializer::from_str(&read(path))
+        .map(|document| {
+            Value::deserialize(document).unwrap_or_else(|error| panic!("{path}: {error}"))
+        })
+        .collect()
+}
+
+/// The one document of `kind` in `documents`.
+fn of_kind<'a>(documents: &'a [Value], kind: &str, file: &str) -> &'a Value {
+    let found: Vec<&Value> = documents
+        .iter()
+        .filter(|document| document.get("kind").and_then(Value::as_str) == Some(kind))
+        .collect();
+    assert_eq!(found.len(), 1, "{file}: one {kind}");
+    found[0]
+}
+
 /// `value` at a `.`-separated path of mapping keys.
 fn at<'a>(value: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(value, |value, key| {
@@ -59,28 +80,28 @@ fn list<'a>(value: &'a Value, path: &str) -> &'a [Value] {
         .map_or(&[][..], |v| v.as_sequence().map_or(&[][..], Vec::as_slice))
 }
 
-/// What a ConfigMap and a Secret hold, by key.
+/// What a ConfigMap and a Secret (none for the secretless example) hold, by key.
 struct Sources {
     config_map: String,
     config_data: BTreeMap<String, String>,
-    secret: String,
-    secret_data: BTreeMap<String, String>,
+    secret: Option<(String, BTreeMap<String, String>)>,
+}
+
+fn data(document: &Value, key: &str) -> BTreeMap<String, String> {
+    at(document, key)
+        .as_mapping()
+        .expect("a mapping")
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().expect("key").to_owned(),
+                v.as_str().expect("value").to_owned(),
+            )
+        })
+        .collect()
 }
 
 fn sources() -> Sources {
-    let data = |document: &Value, key: &str| -> BTreeMap<String, String> {
-        at(document, key)
-            .as_mapping()
-            .expect("a mapping")
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().expect("key").to_owned(),
-                    v.as_str().expect("value").to_owned(),
-                )
-            })
-            .collect()
-    };
     let config_map = yaml("kubernetes/configmap.yaml");
     let secret = yaml("kubernetes/secret.yaml");
     assert_eq!(string(&config_map, "kind"), "ConfigMap");
@@ -88,8 +109,10 @@ fn sources() -> Sources {
     Sources {
         config_map: string(&config_map, "metadata.name").to_owned(),
         config_data: data(&config_map, "data"),
-        secret: string(&secret, "metadata.name").to_owned(),
-        secret_data: data(&secret, "stringData"),
+        secret: Some((
+            string(&secret, "metadata.name").to_owned(),
+            data(&secret, "stringData"),
+        )),
     }
 }
 
@@ -145,11 +168,23 @@ fn assert_locked_down(pod: &Value, container: &Value) {
     at(container, "resources.limits.memory");
 }
 
-/// One pod template's wiring; returns bearerd's parsed arguments and the config it loads.
-fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) {
-    let document = yaml(file);
-    assert_eq!(string(&document, "kind"), kind, "{file}");
-    let pod = at(&document, "spec.template.spec").clone();
+/// What [`check_pod`] found: bearerd's parsed arguments, the config it loads, its container,
+/// the config text as loaded (mounted paths moved into `_mirror`), and the projected volumes
+/// bearerd mounts, by mount path.
+struct Pod {
+    cli: Cli,
+    config: Config,
+    bearerd: Value,
+    text: String,
+    projected: BTreeMap<String, Value>,
+    _mirror: tempfile::TempDir,
+}
+
+/// One pod template's wiring (the document of `kind` in `file`).
+fn check_pod(file: &str, kind: &str, sources: &Sources) -> Pod {
+    let documents = yaml_documents(file);
+    let document = of_kind(&documents, kind, file);
+    let pod = at(document, "spec.template.spec").clone();
     assert_eq!(
         pod.get("automountServiceAccountToken")
             .and_then(Value::as_bool),
@@ -188,14 +223,28 @@ fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) 
     );
     let secret_volume = volumes
         .values()
-        .find(|volume| volume.get("secret").is_some())
-        .expect("a Secret volume");
-    assert_eq!(
-        string(secret_volume, "secret.secretName"),
-        sources.secret,
-        "{file}"
+        .find(|volume| volume.get("secret").is_some());
+    match (&sources.secret, secret_volume) {
+        (Some((secret, _)), Some(volume)) => {
+            assert_eq!(string(volume, "secret.secretName"), secret, "{file}");
+        }
+        (None, None) => {}
+        (Some(_), None) => panic!("{file}: no Secret volume"),
+        (None, Some(_)) => panic!("{file}: mounts a Secret"),
+    }
+    let modes = [
+        (Some(config_volume), "configMap"),
+        (secret_volume, "secret"),
+    ]
+    .into_iter()
+    .filter_map(|(volume, source)| Some((volume?, source)))
+    .chain(
+        volumes
+            .values()
+            .filter(|volume| volume.get("projected").is_some())
+            .map(|volume| (volume, "projected")),
     );
-    for (volume, source) in [(config_volume, "configMap"), (secret_volume, "secret")] {
+    for (volume, source) in modes {
         let mode = at(volume, &format!("{source}.defaultMode"))
             .as_u64()
             .expect("defaultMode is a number");
@@ -242,15 +291,41 @@ fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) 
         .get(&key)
         .unwrap_or_else(|| panic!("{file}: the ConfigMap has no key {key:?}"));
 
-    // Mirror the Secret's mount in a temporary directory, so that `client_secret_file` resolves.
-    let secret_dir = mount_path(bearerd, string(secret_volume, "name")).expect("secret mounted");
+    // Mirror the Secret's and the projected volumes' mounts in a temporary directory, so that
+    // `client_secret_file` and the token files resolve.
     let mirror = tempfile::tempdir().expect("tempdir");
-    let mirrored = mirror.path().join(secret_dir.trim_start_matches('/'));
-    std::fs::create_dir_all(&mirrored).expect("mkdir");
-    for (name, value) in &sources.secret_data {
-        std::fs::write(mirrored.join(name), value).expect("write secret");
+    let mut text = text.clone();
+    let mut mirrored_dirs = Vec::new();
+    let mut mirror_mount = |dir: &str, files: &mut dyn Iterator<Item = (String, String)>| {
+        let mirrored = mirror.path().join(dir.trim_start_matches('/'));
+        std::fs::create_dir_all(&mirrored).expect("mkdir");
+        for (name, value) in files {
+            std::fs::write(mirrored.join(name), value).expect("write");
+        }
+        text = text.replace(dir, &mirrored.to_string_lossy());
+        mirrored_dirs.push(mirrored);
+    };
+    if let (Some((_, secret_data)), Some(volume)) = (&sources.secret, secret_volume) {
+        let secret_dir = mount_path(bearerd, string(volume, "name")).expect("secret mounted");
+        mirror_mount(secret_dir, &mut secret_data.clone().into_iter());
     }
-    let text = text.replace(secret_dir, &mirrored.to_string_lossy());
+    let mut projected = BTreeMap::new();
+    for volume in volumes.values().filter(|v| v.get("projected").is_some()) {
+        let Some(dir) = mount_path(bearerd, string(volume, "name")) else {
+            continue;
+        };
+        let tokens = list(at(volume, "projected"), "sources")
+            .iter()
+            .filter_map(|source| source.get("serviceAccountToken"))
+            .map(|token| {
+                (
+                    string(token, "path").to_owned(),
+                    "eyJhbGciOiJub25lIn0.e30.\n".to_owned(),
+                )
+            });
+        mirror_mount(dir, &mut tokens.collect::<Vec<_>>().into_iter());
+        projected.insert(dir.to_owned(), (*volume).clone());
+    }
     let config = Config::parse(&cli.config, &text, &|_| Err(VarError::NotPresent))
         .unwrap_or_else(|error| panic!("{file}: the ConfigMap's {key}: {error}"));
     assert!(!config.clients.is_empty(), "{file}: no client");
@@ -271,7 +346,11 @@ fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) 
             ..
         } = &client.request.auth
         {
-            assert!(path.starts_with(&mirrored), "{file}: {}", path.display());
+            assert!(
+                mirrored_dirs.iter().any(|dir| path.starts_with(dir)),
+                "{file}: {}",
+                path.display()
+            );
         }
     }
     let readers: Vec<&Value> = list(&pod, "containers").iter().collect();
@@ -288,17 +367,33 @@ fn check_pod(file: &str, kind: &str, sources: &Sources) -> (Cli, Config, Value) 
             "{file}: {name} mounts tokens writable"
         );
     }
-    (cli, config, bearerd.clone())
+    Pod {
+        cli,
+        config,
+        bearerd: bearerd.clone(),
+        text,
+        projected,
+        _mirror: mirror,
+    }
 }
 
 #[test]
 fn the_sidecar_deployment_is_wired_to_its_config() {
     let sources = sources();
-    let (cli, config, bearerd) =
-        check_pod("kubernetes/deployment-sidecar.yaml", "Deployment", &sources);
+    let Pod {
+        cli,
+        config,
+        bearerd,
+        ..
+    } = check_pod("kubernetes/deployment-sidecar.yaml", "Deployment", &sources);
+    assert_sidecar(&cli, &config, &bearerd);
+}
+
+/// A native sidecar whose probes reach the `listen` address bearerd serves on.
+fn assert_sidecar(cli: &Cli, config: &Config, bearerd: &Value) {
     assert!(matches!(cli.command, Command::Run { once: false, .. }));
     assert_eq!(
-        string(&bearerd, "restartPolicy"),
+        string(bearerd, "restartPolicy"),
         "Always",
         "a native sidecar"
     );
@@ -308,7 +403,7 @@ fn the_sidecar_deployment_is_wired_to_its_config() {
         listen.ip().is_unspecified(),
         "the kubelet probes the pod IP, so {listen} must be 0.0.0.0 or ::"
     );
-    let ports: BTreeMap<&str, u64> = list(&bearerd, "ports")
+    let ports: BTreeMap<&str, u64> = list(bearerd, "ports")
         .iter()
         .map(|port| {
             (
@@ -326,7 +421,7 @@ fn the_sidecar_deployment_is_wired_to_its_config() {
         ("readinessProbe", "/readyz"),
         ("livenessProbe", "/healthz"),
     ] {
-        let get = at(&bearerd, &format!("{probe}.httpGet"));
+        let get = at(bearerd, &format!("{probe}.httpGet"));
         assert_eq!(string(get, "path"), path, "{probe}");
         let port = match at(get, "port") {
             Value::Number(number) => number.as_u64().expect("port"),
@@ -342,12 +437,111 @@ fn the_sidecar_deployment_is_wired_to_its_config() {
 #[test]
 fn the_init_container_job_fetches_once_into_the_shared_volume() {
     let sources = sources();
-    let (cli, _, bearerd) = check_pod("kubernetes/job-init.yaml", "Job", &sources);
+    let Pod { cli, bearerd, .. } = check_pod("kubernetes/job-init.yaml", "Job", &sources);
     assert!(matches!(cli.command, Command::Run { once: true, .. }));
     assert!(
         bearerd.get("restartPolicy").is_none(),
         "a plain init container, which must exit"
     );
+}
+
+/// The keys whose value is a token file bearerd reads at every request.
+const TOKEN_FILE_KEYS: &[&str] = &[
+    "client_assertion_file",
+    "subject_token_file",
+    "actor_token_file",
+    "assertion_file",
+];
+
+#[test]
+fn the_secretless_example_has_no_secret_and_reads_projected_tokens() {
+    let file = "kubernetes/secretless.yaml";
+    let documents = yaml_documents(file);
+    for document in &documents {
+        assert_ne!(string(document, "kind"), "Secret", "{file}: a Secret");
+    }
+    let config_map = of_kind(&documents, "ConfigMap", file);
+    let sources = Sources {
+        config_map: string(config_map, "metadata.name").to_owned(),
+        config_data: data(config_map, "data"),
+        secret: None,
+    };
+    let pod = check_pod(file, "Deployment", &sources);
+    assert_sidecar(&pod.cli, &pod.config, &pod.bearerd);
+
+    // The pod runs as its own service account, which the file defines.
+    let account = string(of_kind(&documents, "ServiceAccount", file), "metadata.name");
+    let template = at(
+        of_kind(&documents, "Deployment", file),
+        "spec.template.spec",
+    );
+    assert_eq!(string(template, "serviceAccountName"), account, "{file}");
+    assert_ne!(account, "default", "{file}: the namespace's shared account");
+
+    // Every projected source is an audience-bound, expiring service-account token.
+    let mut projected_files = BTreeSet::new();
+    for (dir, volume) in &pod.projected {
+        for source in list(at(volume, "projected"), "sources") {
+            let token = source
+                .get("serviceAccountToken")
+                .unwrap_or_else(|| panic!("{file}: {dir}: only serviceAccountToken sources"));
+            assert!(!string(token, "audience").is_empty(), "{file}: an audience");
+            let lifetime = at(token, "expirationSeconds").as_u64().expect("seconds");
+            assert!(
+                (600..=86_400).contains(&lifetime),
+                "{file}: expirationSeconds {lifetime} (the API server takes 600 s to 24 h)"
+            );
+            projected_files.insert(format!("{dir}/{}", string(token, "path")));
+        }
+    }
+    assert!(!projected_files.is_empty(), "{file}: no projected token");
+
+    // Every client reads its credential from a projected token, and has no secret of its own.
+    let original = &sources.config_data["bearerd.toml"];
+    let toml: toml::Table = original.parse().expect("TOML");
+    let clients = toml["clients"].as_table().expect("[clients]");
+    let mut used = BTreeSet::new();
+    for (name, client) in clients {
+        let client = client.as_table().expect("a client table");
+        for secret in ["client_secret", "client_secret_file", "private_key_file"] {
+            assert!(!client.contains_key(secret), "{file}: {name} has {secret}");
+        }
+        let files: Vec<&str> = TOKEN_FILE_KEYS
+            .iter()
+            .filter_map(|key| client.get(*key).and_then(toml::Value::as_str))
+            .collect();
+        assert!(!files.is_empty(), "{file}: {name} reads no token file");
+        for path in files {
+            assert!(
+                projected_files.contains(path),
+                "{file}: {name} reads {path}, which is not a projected token ({projected_files:?})"
+            );
+            used.insert(path.to_owned());
+        }
+    }
+    assert_eq!(
+        used, projected_files,
+        "{file}: a projected token no client reads"
+    );
+
+    // `bearerd check` takes the config as the pod loads it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bearerd.toml");
+    std::fs::write(&config, &pod.text).expect("write the config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bearerd"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run bearerd check");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{file}: bearerd check: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in ["client_assertion", "token_exchange"] {
+        assert!(report.contains(expected), "{file}: {report}");
+    }
 }
 
 #[test]

@@ -484,3 +484,30 @@ fn a_server_that_echoes_a_credential_gets_none_of_them_into_an_error_or_the_log(
         );
     }
 }
+
+/// A token file's change retries a failed client at once, but never against the server's
+/// `Retry-After`: a SPIFFE agent rotating every few minutes must not override it.
+#[test]
+fn a_token_file_change_does_not_override_the_servers_retry_after() {
+    let idp = TestIdp::start(IdpSettings::default());
+    idp.add_federated_client("api", Duration::from_secs(600));
+    idp.set_fault(Fault::Status {
+        status: 503,
+        body: "busy".into(),
+        content_type: "text/plain".into(),
+        retry_after: Some("3600".into()),
+    });
+    let harness = Harness::new();
+    let mut projected = Projected::new(harness.path("projected"), &jwt("first", 3600));
+    harness.write_config(
+        &Config::new()
+            .backoff("200ms", "1s")
+            .client(assertion_client(&idp, &projected.path())),
+    );
+    let daemon = Daemon::start(&harness);
+    daemon.wait_for("token request failed", 1, Duration::from_secs(10));
+    projected.write(&jwt("second", 3600));
+    daemon.wait_for("the server asked to wait", 1, Duration::from_secs(10));
+    assert_eq!(idp.token_request_count(), 1, "log:\n{}", daemon.log());
+    assert_eq!(daemon.count("a token file changed; retrying"), 0);
+}

@@ -26,7 +26,7 @@ struct DjangoOAuthToolkit {
     introspection_endpoint: String,
 }
 
-fn python() -> PathBuf {
+pub(super) fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("BEARERD_TEST_PYTHON") {
         return python.into();
     }
