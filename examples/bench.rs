@@ -14,6 +14,10 @@
 //! - `once_1*`: `run --once` wall time and CPU for one client, side by side with a `curl | jq`
 //!   shell script and a Python `requests` script doing the same fetch and atomic write (temp
 //!   file, fsync, rename, directory fsync), runs interleaved; with ratios.
+//! - `once_1_https*`: `run --once` for one client over HTTPS (a TLS front on loopback, the
+//!   bench's CA as `ca_file`), beside the same over plain HTTP and `curl | jq` over HTTPS.
+//! - `once_1000_syncs`: the sync calls (fsync, fdatasync, …) of `run --once` for 1,000 clients
+//!   in one directory, counted by `strace -f -c` (skipped without strace).
 //! - `once_1000_cN`: `run --once` for 1,000 clients with `max_concurrent_requests = N`.
 //! - `rss_N`: the daemon's VmHWM/VmRSS once all N clients' tokens are on disk (N up to
 //!   100,000), then `rss_per_client_A_B`: what each client adds between two of them.
@@ -25,7 +29,7 @@
 //! - `binary`: the size of the binary measured.
 //!
 //! Options: `--short` (CI: fewer runs and clients, same code paths), `--bin PATH` (measure
-//! another build, e.g. a profile variant), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, once_many, rss, cpu,
+//! another build, e.g. a profile variant), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, rss, cpu,
 //! idle, reload, binary), `--rss-clients 10000` (only these sizes of `rss_N`).
 //! The full mode wants `curl`, `jq`, and `python3` with `requests`; a comparison whose tool is
 //! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
@@ -88,9 +92,9 @@ const SHORT_LIFETIME: Duration = Duration::from_secs(2);
 const CURL_SCRIPT: &str = r#"#!/bin/sh
 # What a user writes instead of bearerd: fetch, then write atomically and durably.
 set -eu
-url=$1 id=$2 secret=$3 out=$4
+url=$1 id=$2 secret=$3 out=$4 ca=${5:-}
 umask 077
-response=$(curl -sS --fail -X POST --data grant_type=client_credentials \
+response=$(curl -sS --fail ${ca:+--cacert "$ca"} -X POST --data grant_type=client_credentials \
     --data-urlencode "client_id=$id" --data-urlencode "client_secret=$secret" "$url")
 token=$(printf '%s' "$response" | jq -er .access_token)
 dir=$(dirname "$out")
@@ -133,7 +137,8 @@ struct Options {
 }
 
 impl Options {
-    /// Whether to run a family of scenarios: once_1, once_many, rss, cpu, idle, reload, binary.
+    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, rss, cpu, idle,
+    /// reload, binary.
     fn wants(&self, family: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|name| name == family)
     }
@@ -175,6 +180,12 @@ fn main() {
 
     if options.wants("once_1") {
         bench.once_1(sizes.once_1_runs, !options.no_compare);
+    }
+    if options.wants("https") {
+        bench.once_1_https(sizes.once_1_runs, !options.no_compare);
+    }
+    if options.wants("syncs") {
+        bench.once_many_syncs(sizes.once_many_clients);
     }
     if options.wants("once_many") {
         for &concurrency in sizes.concurrency {
@@ -242,7 +253,7 @@ fn parse_args() -> Options {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,once_many,rss,cpu,idle,reload,binary] [--rss-clients 10,10000]"
+                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,rss,cpu,idle,reload,binary] [--rss-clients 10,10000]"
                 );
                 std::process::exit(0);
             }
@@ -915,4 +926,378 @@ fn min(values: &[f64]) -> f64 {
 
 fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(0.0, f64::max)
+}
+
+/// The scenarios of issue 14 ("Scale"): directory syncs per batch, and HTTPS as users have it.
+impl Bench {
+    /// `run --once` for 1,000 clients in one directory under `strace -f -c`: every call that
+    /// makes data durable, by name. The wall time under strace is not a figure.
+    fn once_many_syncs(&self, clients: usize) {
+        let scenario = format!("once_{clients}_syncs");
+        if let Some(missing) = missing_tools(&[("strace", &["-V"])]) {
+            println!("bench {scenario}: skipped ({missing} not found)");
+            return;
+        }
+        let dir = self.scenario_dir(&scenario);
+        let idp = self.idp(LONG_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(clients));
+        let summary = dir.join("strace-summary.txt");
+        let mut command = Command::new("strace");
+        command
+            .args(["-f", "-c", "-U", "name,calls", "-e", SYNC_CALLS, "-o"])
+            .arg(&summary)
+            .arg(&self.bin)
+            .args(["run", "--once", "-c"])
+            .arg(dir.join("bearerd.toml"))
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir));
+        let status = command.status().expect("cannot start strace");
+        check_exit("strace bearerd run --once", status, &dir);
+        assert_eq!(count_files(&dir.join("out"), ".token"), clients);
+        let text = std::fs::read_to_string(&summary).unwrap_or_default();
+        let mut by_call = Vec::new();
+        let mut total = 0;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(calls)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(calls) = calls.parse::<u64>() else {
+                continue;
+            };
+            if name == "total" {
+                total = calls;
+            } else {
+                by_call.push(format!("{name} {calls}"));
+            }
+        }
+        println!(
+            "bench {scenario}: sync_calls={total} ({}) clients={clients} one directory \
+             (max_concurrent_requests 4; strace -f -c -e {SYNC_CALLS})",
+            by_call.join(", ")
+        );
+    }
+
+    /// `run --once` for one client against the token endpoint behind a TLS front on loopback
+    /// (`ca_file` names the bench's CA), interleaved with the same over plain HTTP and with the
+    /// `curl | jq` script over HTTPS (`--cacert`); `tls_ms` = HTTPS median − HTTP median.
+    fn once_1_https(&self, runs: usize, compare: bool) {
+        let dir = self.scenario_dir("once_1_https");
+        let Some(pki) = TestCa::create(&dir) else {
+            println!("bench once_1_https: skipped (openssl not found)");
+            return;
+        };
+        let idp = self.idp(LONG_LIFETIME);
+        let front = TlsFront::start(&pki, idp.address());
+        let token_path_of_idp = idp
+            .token_url()
+            .splitn(4, '/')
+            .nth(3)
+            .unwrap_or_default()
+            .to_owned();
+        let https_url = front.url(&format!("/{token_path_of_idp}"));
+        let out = dir.join("out");
+        let token_path = out.join("c00000.token");
+        let plain_dir = self.scenario_dir("once_1_https_plain");
+        write_one_client(&plain_dir, &idp.token_url(), None);
+        write_one_client(&dir, &https_url, Some(&pki.ca));
+        let curl_script = dir.join("fetch-token.sh");
+        std::fs::write(&curl_script, CURL_SCRIPT).expect("cannot write the curl script");
+        let curl_missing = missing_tools(&[("curl", &["--version"]), ("jq", &["--version"])]);
+        let mut curl = Command::new("sh");
+        curl.arg(&curl_script)
+            .args([&https_url, "c00000", "secret-c00000"])
+            .arg(&token_path)
+            .arg(&pki.ca);
+        // The system's roots as a Debian user has them: OpenSSL's variables, when this shell
+        // has them (some images set both), would make bearerd read exactly what they name.
+        let bearerd = |dir: &Path| {
+            let mut command = self.bearerd(dir, &["run", "--once"]);
+            command
+                .env_remove("SSL_CERT_FILE")
+                .env_remove("SSL_CERT_DIR");
+            command
+        };
+        let mut tools: Vec<(&str, &Path, Option<String>, Command)> = vec![
+            ("http", &plain_dir, None, bearerd(&plain_dir)),
+            ("https", &dir, None, bearerd(&dir)),
+            ("curl_jq", &dir, curl_missing, curl),
+        ];
+        if !compare {
+            tools.truncate(2);
+        }
+        let mut walls: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+        let mut cpus: Vec<f64> = vec![0.0; tools.len()];
+        for round in 0..=runs {
+            for (index, (name, tool_dir, missing, command)) in tools.iter_mut().enumerate() {
+                if missing.is_some() {
+                    continue;
+                }
+                let tool_out = tool_dir.join("out");
+                reset_dir(&tool_out);
+                command.stdin(Stdio::null()).stdout(Stdio::null());
+                let cpu_before = self.children_cpu_ms();
+                let started = Instant::now();
+                let status = command.status().expect("cannot start a fetcher");
+                let wall = started.elapsed();
+                let cpu = self.children_cpu_ms() - cpu_before;
+                check_exit(name, status, tool_dir);
+                assert!(
+                    tool_out.join("c00000.token").is_file(),
+                    "{name} wrote no token file"
+                );
+                if round > 0 {
+                    walls[index].push(ms(wall));
+                    cpus[index] += cpu;
+                }
+            }
+        }
+        let line = |index: usize| {
+            format!(
+                "wall_ms={:.1} (median of {runs}, min {:.1}, max {:.1}) cpu_ms={:.1} (mean, user+sys)",
+                median(&walls[index]),
+                min(&walls[index]),
+                max(&walls[index]),
+                cpus[index] / runs as f64
+            )
+        };
+        println!(
+            "bench once_1_https: {} tls_ms={:.1} (median https − median http) requests={} via {} TLS connections",
+            line(1),
+            median(&walls[1]) - median(&walls[0]),
+            idp.token_request_count(),
+            front.connections()
+        );
+        println!("bench once_1_https_http: {}", line(0));
+        if let Some((_, _, missing, _)) = tools.get(2) {
+            match missing {
+                Some(missing) => {
+                    println!("bench once_1_https_curl_jq: skipped ({missing} not found)")
+                }
+                None => println!(
+                    "bench once_1_https_curl_jq: {} bearerd_ratio={:.3}",
+                    line(2),
+                    median(&walls[1]) / median(&walls[2])
+                ),
+            }
+        }
+    }
+}
+
+/// The calls that make data durable, as strace names them.
+const SYNC_CALLS: &str = "trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync";
+
+/// `DIR/bearerd.toml` with one client `c00000` posting to `url`, trusting `ca_file` if given.
+fn write_one_client(dir: &Path, url: &str, ca_file: Option<&Path>) {
+    let mut text = format!(
+        "[clients.c00000]\ntoken_url = \"{url}\"\nclient_id = \"c00000\"\n\
+         client_secret = \"secret-c00000\"\nauth_method = \"client_secret_post\"\n"
+    );
+    if let Some(ca_file) = ca_file {
+        let _ = writeln!(text, "ca_file = \"{}\"", ca_file.display());
+    }
+    text.push_str("[[clients.c00000.output]]\npath = \"out/c00000.token\"\n");
+    write_atomic(&dir.join("bearerd.toml"), text.as_bytes());
+}
+
+/// A private CA and a server certificate for 127.0.0.1 it signed (P-256, a day), made with
+/// the `openssl` command as the tests' `harness/pki.rs` makes them.
+struct TestCa {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCa {
+    fn create(dir: &Path) -> Option<TestCa> {
+        let openssl = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        let key = |name| {
+            openssl(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ])
+        };
+        let made = key("ca.key")
+            && openssl(&[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=bearerd bench CA",
+                "-days",
+                "1",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-out",
+                "ca.pem",
+            ])
+            && key("server.key")
+            && openssl(&[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "server.key",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-days",
+                "1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "extendedKeyUsage=serverAuth",
+                "-out",
+                "server.pem",
+            ]);
+        made.then(|| TestCa {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        })
+    }
+}
+
+/// TLS on 127.0.0.1 in front of the plain token endpoint: each connection's requests are
+/// relayed one by one (HTTP/1.1 with `content-length`, as the endpoint answers) over one
+/// upstream connection. Threads, blocking I/O: the bench's own side stays out of the runtime
+/// that serves the endpoint.
+struct TlsFront {
+    address: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsFront {
+    fn start(pki: &TestCa, upstream: std::net::SocketAddr) -> TlsFront {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
+            .expect("server certificate")
+            .collect::<Result<_, _>>()
+            .expect("server certificate PEM");
+        let key = PrivateKeyDer::from_pem_file(&pki.key).expect("server key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server TLS config");
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS front");
+        let address = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let config = Arc::clone(&config);
+                std::thread::spawn(move || relay(config, stream, upstream));
+            }
+        });
+        TlsFront {
+            address,
+            connections,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.address)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One TLS connection: request after request relayed to `upstream` and answered back.
+fn relay(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    stream: std::net::TcpStream,
+    upstream: std::net::SocketAddr,
+) {
+    use std::io::{BufReader, Write as _};
+    let _ = stream.set_nodelay(true);
+    let Ok(connection) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut client = BufReader::new(rustls::StreamOwned::new(connection, stream));
+    let Ok(server) = std::net::TcpStream::connect(upstream) else {
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let mut server_writer = server.try_clone().expect("clone the upstream connection");
+    let mut server = BufReader::new(server);
+    while let Some(request) = http_message(&mut client) {
+        if server_writer.write_all(&request).is_err() {
+            return;
+        }
+        let Some(response) = http_message(&mut server) else {
+            return;
+        };
+        let tls = client.get_mut();
+        if tls.write_all(&response).and_then(|()| tls.flush()).is_err() {
+            return;
+        }
+    }
+    let tls = client.get_mut();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+/// One HTTP/1.1 message read whole: the head up to the blank line and `content-length` bytes
+/// of body. `None` at the end of the stream or on anything else.
+fn http_message(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
+    let mut message = Vec::new();
+    let mut length = 0;
+    loop {
+        let start = message.len();
+        if reader.read_until(b'\n', &mut message).ok()? == 0 {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&message[start..]).into_owned();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let start = message.len();
+    message.resize(start + length, 0);
+    reader.read_exact(&mut message[start..]).ok()?;
+    Some(message)
 }

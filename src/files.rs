@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     TlsKey,
     TlsCert,
     CaFile,
+    /// The system's CA bundle (e.g. `/etc/ssl/certs/ca-certificates.crt`).
+    SystemRoots,
     Template,
     /// A token made by someone else, by the config key that names it: re-read at every use.
     ClientAssertion,
@@ -44,6 +46,7 @@ impl Kind {
             Self::TlsKey => "tls_key_file",
             Self::TlsCert => "tls_cert_file",
             Self::CaFile => "ca_file",
+            Self::SystemRoots => "system CA bundle",
             Self::Template => "template file",
             Self::ClientAssertion => "client_assertion_file",
             Self::SubjectToken => "subject_token_file",
@@ -69,7 +72,7 @@ impl Kind {
             | Self::ActorToken
             | Self::Assertion => 64 * KIB,
             // Debian's whole CA bundle is about 220 KiB.
-            Self::TlsCert | Self::CaFile => 4 * MIB,
+            Self::TlsCert | Self::CaFile | Self::SystemRoots => 4 * MIB,
         }
     }
 }

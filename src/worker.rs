@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::clock::Clock;
@@ -67,14 +67,24 @@ impl WorkerContext {
     }
 }
 
-/// Renders and writes every output of `spec`; returns whether any file changed. The writes run
-/// on a blocking thread, so cancelling the caller cannot interrupt one half-way.
+/// Renders and writes every output of `spec`; returns whether any file changed, once the
+/// files' directories are durable. The writes run on a blocking thread, so cancelling the
+/// caller cannot interrupt one half-way.
 pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool, String> {
-    let spec = Arc::clone(spec);
-    let token = token.clone();
-    tokio::task::spawn_blocking(move || write_each_output(&spec, &token))
-        .await
-        .map_err(|error| format!("writer task failed: {error}"))?
+    let (spec, token) = (Arc::clone(spec), token.clone());
+    let coming = output::WriteComing::new();
+    let (changed, synced) = tokio::task::spawn_blocking(move || {
+        let mut renamed = output::RenamedIn::default();
+        let changed = write_each_output(&spec, &token, &mut renamed);
+        let synced = renamed.request_sync();
+        drop(coming);
+        (changed, synced)
+    })
+    .await
+    .map_err(|error| format!("writer task failed: {error}"))?;
+    let changed = changed?;
+    synced.wait().await?;
+    Ok(changed)
 }
 
 /// What [`write_and_save`] did once the token's files were written.
@@ -83,24 +93,32 @@ struct Written {
     changed: bool,
     /// The state file's save, which may fail without failing the refresh.
     state: Result<(), String>,
+    /// The sync of the files' directories, to wait for before the token counts as written.
+    synced: output::DirSync,
 }
 
 /// Writes every output of `spec`, then saves the state, in one task on a blocking thread (its
 /// fsyncs must not stall every other client on the runtime's one thread). One task, so that
 /// aborting the worker (a reload, SIGTERM) once the files are being written cannot lose the
 /// state save: a blocking task that has started runs to its end, even at runtime shutdown,
-/// while one still queued then is dropped whole, files and state alike.
+/// while one still queued then is dropped whole, files and state alike. The directories'
+/// syncs are asked for before `coming` is dropped, so the syncer's round covers them.
 async fn write_and_save(
     state_path: &Path,
     spec: &Arc<ClientSpec>,
     token: &Token,
+    coming: output::WriteComing,
 ) -> Result<Written, String> {
     let (state_path, spec, token) = (state_path.to_path_buf(), Arc::clone(spec), token.clone());
     tokio::task::spawn_blocking(move || {
-        let changed = write_each_output(&spec, &token)?;
+        let mut renamed = output::RenamedIn::default();
+        let changed = write_each_output(&spec, &token, &mut renamed);
+        let synced = renamed.request_sync();
+        drop(coming);
         Ok(Written {
-            changed,
+            changed: changed?,
             state: state::save(&state_path, &spec, &token),
+            synced,
         })
     })
     .await
@@ -108,12 +126,17 @@ async fn write_and_save(
 }
 
 /// Renders and writes every output of `spec` on this thread; returns whether any file changed.
-fn write_each_output(spec: &ClientSpec, token: &Token) -> Result<bool, String> {
+/// The directories of the files replaced are added to `renamed`, for their sync.
+fn write_each_output(
+    spec: &ClientSpec,
+    token: &Token,
+    renamed: &mut output::RenamedIn,
+) -> Result<bool, String> {
     let mut changed = false;
     let mut errors = Vec::new();
     for output in &spec.outputs {
         let bytes = output::render(&output.format, token, spec.name.as_str());
-        match output::write_if_changed(&output.path, &bytes, output.mode) {
+        match output::write_if_changed(&output.path, &bytes, output.mode, renamed) {
             Ok(wrote) => changed |= wrote,
             Err(error) => errors.push(error.to_string()),
         }
@@ -307,7 +330,11 @@ impl Worker {
         }
         loop {
             self.wait_until_due(&mut progress, &mut inbox).await;
-            // The place in flight is held until this attempt's files and state are written. It
+            // From now until its files are renamed, this worker's write is coming: a batch's
+            // directory syncs wait for it (a bounded time), so one sync covers the batch.
+            let coming = output::WriteComing::new();
+            // The place in flight is held until this attempt's files and state are written (not
+            // until their directories are synced: that is shared with others in flight). It
             // is taken once the host's request rate allows a request (every attempt spends a
             // turn, failed ones too), and after the backoff and any Retry-After: the rate only
             // ever adds to that wait.
@@ -324,13 +351,15 @@ impl Worker {
                     .paced(host, &self.context.clock, permits.acquire());
                 Box::pin(paced).await
             };
-            let Ok(_in_flight) = in_flight else {
+            let Ok(in_flight) = in_flight else {
                 return Err("shutting down".to_owned());
             };
             // Boxed, once the place is taken: an attempt's state lives only while it runs, so
             // an idle worker's task does not carry it, nor does one waiting for a place.
             let span = self.span();
-            let attempt = self.attempt(&mut progress, mode).instrument(span);
+            let attempt = self
+                .attempt(&mut progress, mode, coming, in_flight)
+                .instrument(span);
             if let Some(ended) = Box::pin(attempt).await {
                 return ended;
             }
@@ -339,12 +368,18 @@ impl Worker {
 
     /// One attempt, once due and in flight: fetch, then write the files and state, or back
     /// off. Returns `Some` when `mode` says the worker is done.
-    async fn attempt(&mut self, progress: &mut Progress, mode: Mode) -> Option<Result<(), String>> {
+    async fn attempt(
+        &mut self,
+        progress: &mut Progress,
+        mode: Mode,
+        coming: output::WriteComing,
+        in_flight: SemaphorePermit<'_>,
+    ) -> Option<Result<(), String>> {
         let (fetched, latency) = self.fetch(progress).await;
         let now = self.context.clock.now();
         let outcome = match fetched {
             Ok(token) => self
-                .write_and_persist(&token)
+                .write_and_persist(&token, coming, in_flight)
                 .await
                 .map(|changed| (token, changed)),
             Err(error) => Err(FailedAttempt::request(&error)),
@@ -476,15 +511,23 @@ impl Worker {
         (fetched, latency)
     }
 
-    /// Writes the token's files, then its state; returns whether any file changed. A state
+    /// Writes the token's files, then its state, gives back the place in flight, and waits
+    /// until the files' directories are synced; returns whether any file changed. A state
     /// that cannot be saved is a warning, not a failure.
-    async fn write_and_persist(&self, token: &Token) -> Result<bool, FailedAttempt> {
-        let written = write_and_save(&self.state_path(), &self.spec, token)
+    async fn write_and_persist(
+        &self,
+        token: &Token,
+        coming: output::WriteComing,
+        in_flight: SemaphorePermit<'_>,
+    ) -> Result<bool, FailedAttempt> {
+        let written = write_and_save(&self.state_path(), &self.spec, token, coming)
             .await
             .map_err(FailedAttempt::write)?;
+        drop(in_flight);
         if let Err(message) = written.state {
             warn!(%message, "cannot save state; a restart will fetch again");
         }
+        written.synced.wait().await.map_err(FailedAttempt::write)?;
         Ok(written.changed)
     }
 
@@ -823,7 +866,8 @@ mod tests {
             .expect("runtime");
         let _entered = runtime.enter();
         // Polled once, the write is under way; dropping the future is what an abort does.
-        let mut writing = Box::pin(write_and_save(&state_path, &spec, &token));
+        let coming = output::WriteComing::new();
+        let mut writing = Box::pin(write_and_save(&state_path, &spec, &token, coming));
         let _ = writing
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()));

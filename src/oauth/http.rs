@@ -87,9 +87,10 @@ impl HttpClients {
 }
 
 /// The HTTP client for one set of TLS settings, trusting `roots`.
-/// Share it (through `HttpClients`): it holds the connection pool, and parsing the system's
-/// roots is most of a one-client `run --once` (about 5 ms of 13, BENCHMARKS.md); a client whose
-/// token endpoint is plain `http` never does TLS, so it skips them.
+/// Share it (through `HttpClients`): it holds the connection pool, and loading the system's
+/// roots (`roots`: the CA bundle alone where there is one) is a good part of a one-client
+/// `run --once` (BENCHMARKS.md); a client whose token endpoint is plain `http` never does TLS,
+/// so it skips them.
 ///
 /// Redirects are off (credentials must not follow a redirect) and so are reqwest's own retries.
 pub fn http_client(
@@ -104,7 +105,14 @@ pub fn http_client(
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())
         .user_agent(USER_AGENT)
-        .tls_built_in_native_certs(roots == Roots::System);
+        .tls_built_in_native_certs(false);
+    if roots == Roots::System {
+        for root in super::roots::system_roots() {
+            let root = reqwest::Certificate::from_der(&root)
+                .map_err(|error| format!("a system root certificate: {}", error_chain(&error)))?;
+            builder = builder.add_root_certificate(root);
+        }
+    }
     if let Some(path) = &tls.ca_file {
         let pem = files::read(path, files::Kind::CaFile).map_err(|error| error.to_string())?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)

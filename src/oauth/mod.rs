@@ -31,6 +31,7 @@ mod http;
 mod jwt;
 mod request;
 mod response;
+mod roots;
 mod session;
 mod token_file;
 

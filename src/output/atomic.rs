@@ -1,7 +1,8 @@
 //! Putting bytes on disk so that a reader sees the old complete file or the new complete file,
 //! never a mix, with exactly the configured mode: [`write_atomic`] and its temporary files, their
-//! sweep after a crash, [`write_if_changed`], [`remove_output`]. It must not render, log or
-//! decide what to write, and no error it returns contains file contents.
+//! sweep after a crash, [`write_if_changed`] (its directory synced by `dirsync`, once per
+//! batch), [`remove_output`]. It must not render, log or decide what to write, and no error it
+//! returns contains file contents.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -10,6 +11,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use super::dirsync::{RenamedIn, sync_dir};
 
 /// A failed file operation: what was being done, to which path, and the OS's reason.
 /// It never contains file contents.
@@ -101,7 +104,9 @@ fn split_path(path: &Path) -> Result<(&Path, &OsStr), WriteError> {
 /// (unless only the final directory sync failed: then the new content is in place but may not
 /// survive a crash). A symlink at `path` is replaced, not followed.
 ///
-/// Blocking; run it where cancellation cannot interrupt it (e.g. `spawn_blocking`).
+/// Blocking; run it where cancellation cannot interrupt it (e.g. `spawn_blocking`). Token
+/// files are written by [`write_if_changed`], which leaves the directory's sync to `dirsync`.
+#[cfg(test)]
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
     write_atomic_as(path, bytes, mode, Durability::Durable)
 }
@@ -124,6 +129,21 @@ pub(crate) fn write_atomic_as(
     mode: u32,
     durability: Durability,
 ) -> Result<(), WriteError> {
+    let dir = replace(path, bytes, mode, durability)?;
+    if durability == Durability::Cache {
+        return Ok(());
+    }
+    sync_dir(dir).map_err(|error| WriteError::new("sync directory", dir, error))
+}
+
+/// [`write_atomic`] up to the rename (the temporary file is fsynced when `durability` says
+/// so); returns the directory, whose sync is the caller's.
+fn replace<'a>(
+    path: &'a Path,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> Result<&'a Path, WriteError> {
     let (dir, file_name) = split_path(path)?;
     DirBuilder::new()
         .recursive(true)
@@ -142,12 +162,7 @@ pub(crate) fn write_atomic_as(
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
-    if durability == Durability::Cache {
-        return Ok(());
-    }
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|error| WriteError::new("sync directory", dir, error))
+    Ok(dir)
 }
 
 fn fill_and_rename(
@@ -173,13 +188,20 @@ fn fill_and_rename(
 }
 
 /// [`write_atomic`] unless `path` is already a regular file holding exactly `bytes` with
-/// permission bits exactly `mode`, so that watchers of an unchanged output stay quiet.
+/// permission bits exactly `mode`, so that watchers of an unchanged output stay quiet; but
+/// the directory's sync is left to the caller, who gets the directory in `renamed` and makes
+/// it durable for a whole batch at once ([`RenamedIn::request_sync`]).
 /// Returns whether the file was written.
-pub(crate) fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, WriteError> {
+pub(crate) fn write_if_changed(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    renamed: &mut RenamedIn,
+) -> Result<bool, WriteError> {
     if unchanged(path, bytes, mode) {
         return Ok(false);
     }
-    write_atomic(path, bytes, mode)?;
+    renamed.add(replace(path, bytes, mode, Durability::Durable)?);
     Ok(true)
 }
 
@@ -326,23 +348,37 @@ mod tests {
     fn write_if_changed_skips_identical_content_and_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.token");
-        assert!(write_if_changed(&path, b"abc", 0o600).expect("first write"));
+        assert!(
+            write_if_changed(&path, b"abc", 0o600, &mut RenamedIn::default()).expect("first write")
+        );
         let before = fs::metadata(&path).expect("metadata");
 
-        assert!(!write_if_changed(&path, b"abc", 0o600).expect("same"));
+        assert!(!write_if_changed(&path, b"abc", 0o600, &mut RenamedIn::default()).expect("same"));
         let after = fs::metadata(&path).expect("metadata");
         assert_eq!(
             (before.ino(), before.mtime(), before.mtime_nsec()),
             (after.ino(), after.mtime(), after.mtime_nsec())
         );
 
-        assert!(write_if_changed(&path, b"abc", 0o640).expect("mode differs"));
+        assert!(
+            write_if_changed(&path, b"abc", 0o640, &mut RenamedIn::default())
+                .expect("mode differs")
+        );
         assert_eq!(mode_of(&path), 0o640);
         assert_ne!(fs::metadata(&path).expect("metadata").ino(), before.ino());
 
-        assert!(write_if_changed(&path, b"abd", 0o640).expect("bytes differ"));
-        assert!(write_if_changed(&path, b"abdd", 0o640).expect("length differs"));
+        assert!(
+            write_if_changed(&path, b"abd", 0o640, &mut RenamedIn::default())
+                .expect("bytes differ")
+        );
+        let mut renamed = RenamedIn::default();
+        assert!(write_if_changed(&path, b"abdd", 0o640, &mut renamed).expect("length differs"));
         assert_eq!(fs::read(&path).expect("read"), b"abdd");
+        assert!(!write_if_changed(&path, b"abdd", 0o640, &mut renamed).expect("same again"));
+        assert_eq!(
+            format!("{renamed:?}"),
+            format!("RenamedIn([{:?}])", dir.path())
+        );
     }
 
     #[test]
@@ -468,7 +504,9 @@ mod tests {
             write_atomic(&path, b"abc", mode).expect("write");
             assert_eq!(mode_of(&path), mode, "mode {mode:o} under umask {umask:o}");
             assert_eq!(mode_of(path.parent().expect("parent")), 0o700);
-            assert!(write_if_changed(&path, b"abcd", mode).expect("rewrite"));
+            assert!(
+                write_if_changed(&path, b"abcd", mode, &mut RenamedIn::default()).expect("rewrite")
+            );
             assert_eq!(mode_of(&path), mode, "mode {mode:o} under umask {umask:o}");
         }
     }

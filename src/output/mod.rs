@@ -1,9 +1,11 @@
 //! Token files: what an output is ([`OutputSpec`], [`Format`]) and [`render`], which turns a
 //! token into a format's exact bytes (pure: no I/O, no clock); templates are in `template`, the
-//! atomic writes that put the bytes on disk in `atomic`. It must not fetch, retry, schedule or
+//! atomic writes that put the bytes on disk in `atomic`, their directories' syncs, grouped per
+//! batch, in `dirsync`. It must not fetch, retry, schedule or
 //! log, nor know the config or the token request; no error it returns contains a token.
 
 mod atomic;
+mod dirsync;
 mod template;
 
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ pub(crate) use self::atomic::{
     Durability, TEMP_NAME_EXTRA, remove_output, sweep_stale_temps, write_atomic_as,
     write_if_changed,
 };
+pub(crate) use self::dirsync::{DirSync, RenamedIn, WriteComing};
 pub use self::template::Template;
 pub(crate) use self::template::rfc3339;
 use self::template::unix_seconds;

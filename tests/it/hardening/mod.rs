@@ -3,6 +3,7 @@
 //! lists each hole beside the test that proves it closed.
 
 mod admin;
+mod durability;
 mod hooks;
 mod input;
 mod state;

@@ -248,6 +248,26 @@ fn a_correct_chain_still_gets_a_token() {
     assert_eq!(harness.read("api.token"), TOKEN);
 }
 
+/// The system's roots are still trusted without `ca_file` (SPEC: "TLS is rustls with the
+/// system's roots"), here the test CA as the system's bundle, named as OpenSSL lets one.
+#[test]
+fn the_system_s_roots_are_trusted_without_a_ca_file() {
+    let harness = Harness::new();
+    let pki = Pki::create(harness.dir.path());
+    let server = token_server(&pki.server_cert, &pki.server_key);
+    let config = config(&harness, &server.url("/token"), None, "100ms");
+    for variable in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        let mut command = bearerd(&harness, &config, &["run", "--once"]);
+        match variable {
+            "SSL_CERT_FILE" => command.env(variable, &pki.ca_cert),
+            _ => command.env(variable, harness.dir.path()),
+        };
+        let _ = std::fs::remove_file(harness.path("api.token"));
+        succeed(command, String::new);
+        assert_eq!(harness.read("api.token"), TOKEN, "{variable}");
+    }
+}
+
 #[test]
 fn the_daemon_retries_a_refused_certificate_at_backoff_max_and_warns_once() {
     let harness = Harness::new();
