@@ -551,7 +551,7 @@ impl Authlib {
             "Authlib (tests/interop/jwt_bearer_server.py)",
             command,
             &config,
-            Duration::from_secs(30),
+            Duration::from_secs(60), // a failure deadline: a healthy start takes about a second
             "is `pip install -r tests/interop/requirements.txt` done?",
         );
         let field = |name: &str| {
