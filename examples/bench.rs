@@ -19,7 +19,8 @@
 //! - `once_1000_syncs`: the sync calls (fsync, fdatasync, …) of `run --once` for 1,000 clients
 //!   in one directory, counted by `strace -f -c` (skipped without strace).
 //! - `once_1000_cN`: `run --once` for 1,000 clients with `max_concurrent_requests = N`.
-//! - `rss_N`: the daemon's VmHWM/VmRSS once all N clients' tokens are on disk.
+//! - `rss_N`: the daemon's VmHWM/VmRSS once all N clients' tokens are on disk (N up to
+//!   100,000), then `rss_per_client_A_B`: what each client adds between two of them.
 //! - `cpu_per_refresh`: daemon utime+stime over many refreshes of short-lived tokens, per refresh.
 //! - `idle_10`: context switches per minute, summed over every thread, with 10 clients holding
 //!   1-hour tokens.
@@ -29,7 +30,7 @@
 //!
 //! Options: `--short` (CI: fewer runs and clients, same code paths), `--bin PATH` (measure
 //! another build, e.g. a profile variant), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, rss, cpu,
-//! idle, reload, binary).
+//! idle, reload, binary), `--rss-clients 10000` (only these sizes of `rss_N`).
 //! The full mode wants `curl`, `jq`, and `python3` with `requests`; a comparison whose tool is
 //! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
 //! README states them next to the figures.
@@ -63,7 +64,7 @@ const FULL: Sizes = Sizes {
     once_many_runs: 5,
     once_many_clients: 1000,
     concurrency: &[4, 16, 64, 256],
-    rss_clients: &[1, 10, 1000, 10_000],
+    rss_clients: &[1, 10, 1000, 10_000, 100_000],
     refresh_clients: 200,
     refresh_window: Duration::from_secs(20),
     idle_window: Duration::from_secs(20),
@@ -131,6 +132,8 @@ struct Options {
     no_compare: bool,
     bin: PathBuf,
     only: Vec<String>,
+    /// `--rss-clients 10000,100000`: only these `rss_N` (e.g. one size under valgrind).
+    rss_clients: Vec<usize>,
 }
 
 impl Options {
@@ -190,12 +193,20 @@ fn main() {
         }
     }
     if options.wants("rss") {
-        for &clients in sizes.rss_clients {
-            bench.rss(clients);
-        }
+        let rss_clients = if options.rss_clients.is_empty() {
+            sizes.rss_clients
+        } else {
+            &options.rss_clients[..]
+        };
+        let anon: Vec<(usize, u64)> = rss_clients
+            .iter()
+            .map(|&clients| (clients, bench.rss(clients)))
+            .collect();
         if options.short {
             println!("bench rss_10000: skipped in --short mode (takes several seconds)");
+            println!("bench rss_100000: skipped in --short mode (takes a minute or more)");
         }
+        print_rss_slopes(&anon);
     }
     if options.wants("cpu") {
         bench.cpu_per_refresh(sizes.refresh_clients, sizes.refresh_window);
@@ -222,6 +233,7 @@ fn parse_args() -> Options {
     let mut no_compare = false;
     let mut bin = None;
     let mut only = Vec::new();
+    let mut rss_clients = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -232,9 +244,16 @@ fn parse_args() -> Options {
                 let list = args.next().expect("--only needs scenario names, a,b");
                 only.extend(list.split(',').map(str::to_owned));
             }
+            "--rss-clients" => {
+                let list = args.next().expect("--rss-clients needs numbers, 10,1000");
+                rss_clients.extend(
+                    list.split(',')
+                        .map(|n| n.parse::<usize>().expect("--rss-clients: not a number")),
+                );
+            }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,rss,cpu,idle,reload,binary]"
+                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,rss,cpu,idle,reload,binary] [--rss-clients 10,10000]"
                 );
                 std::process::exit(0);
             }
@@ -258,6 +277,7 @@ fn parse_args() -> Options {
         no_compare,
         bin,
         only,
+        rss_clients,
     }
 }
 
@@ -313,6 +333,9 @@ impl Bench {
     }
 
     fn write_config(dir: &Path, idp: &Idp, agent: &str, clients: &[Client]) -> PathBuf {
+        if clients.len() > 10_000 {
+            return Self::write_compact_config(dir, idp, agent, clients);
+        }
         let mut text = format!("[agent]\n{agent}\n");
         for client in clients {
             let name = &client.name;
@@ -329,6 +352,28 @@ impl Bench {
                 text,
                 "[[clients.{name}.output]]\npath = \"out/{name}.token\"\n"
             );
+        }
+        let path = dir.join("bearerd.toml");
+        write_atomic(&path, text.as_bytes());
+        path
+    }
+
+    /// The same clients with each on one line (inline tables, no spaces, the default
+    /// `client_secret_basic`): 100,000 clients in the usual layout are 20.7 MB, over bearerd's
+    /// 16 MiB cap on a config file; this is ~12.5 MB.
+    fn write_compact_config(dir: &Path, idp: &Idp, agent: &str, clients: &[Client]) -> PathBuf {
+        let url = idp.token_url();
+        let mut text = format!("[agent]\n{agent}\n\n[clients]\n");
+        for client in clients {
+            let name = &client.name;
+            let _ = write!(
+                text,
+                "{name}={{token_url=\"{url}\",client_id=\"{name}\",client_secret=\"secret-{name}\","
+            );
+            if let Some(scope) = &client.scope {
+                let _ = write!(text, "scope=\"{scope}\",");
+            }
+            let _ = writeln!(text, "output=[{{path=\"out/{name}.token\"}}]}}");
         }
         let path = dir.join("bearerd.toml");
         write_atomic(&path, text.as_bytes());
@@ -512,8 +557,8 @@ impl Bench {
         (daemon, started.elapsed())
     }
 
-    /// (b) Resident memory once every client has its token.
-    fn rss(&self, clients: usize) {
+    /// (b) Resident memory once every client has its token; returns the anonymous part (KiB).
+    fn rss(&self, clients: usize) -> u64 {
         let scenario = format!("rss_{clients}");
         let dir = self.scenario_dir(&scenario);
         let idp = self.idp(LONG_LIFETIME);
@@ -527,16 +572,18 @@ impl Bench {
             .unwrap_or(0);
         let hwm = status.get("VmHWM").copied().unwrap_or(0);
         let rss = status.get("VmRSS").copied().unwrap_or(0);
+        let anon = status.get("RssAnon").copied().unwrap_or(0);
         drop(daemon);
         println!(
             "bench {scenario}: vmhwm_mib={:.2} vmrss_mib={:.2} (anon {:.2}, file {:.2}) \
              threads={threads} all_tokens_ms={:.0} (max_concurrent_requests 4)",
             kib_to_mib(hwm),
             kib_to_mib(rss),
-            kib_to_mib(status.get("RssAnon").copied().unwrap_or(0)),
+            kib_to_mib(anon),
             kib_to_mib(status.get("RssFile").copied().unwrap_or(0)),
             ms(took)
         );
+        anon
     }
 
     /// (c) CPU time per refresh: short-lived tokens, many refreshes.
@@ -752,6 +799,18 @@ fn count_files(dir: &Path, suffix: &str) -> usize {
 }
 
 /// `Name:  1234 kB` lines of /proc/PID/status, as kB (or plain counts).
+/// What each client adds: the slope of the anonymous resident memory between two `rss_N` runs.
+fn print_rss_slopes(anon: &[(usize, u64)]) {
+    for pair in anon.windows(2) {
+        let ((fewer, fewer_kib), (more, more_kib)) = (pair[0], pair[1]);
+        if fewer < 1000 {
+            continue;
+        }
+        let bytes = (more_kib as f64 - fewer_kib as f64) * 1024.0 / (more - fewer) as f64;
+        println!("bench rss_per_client_{fewer}_{more}: anon_bytes_per_client={bytes:.0}");
+    }
+}
+
 fn proc_status(pid: u32) -> HashMap<String, u64> {
     parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
 }

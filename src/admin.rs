@@ -130,10 +130,11 @@ fn respond(request: &Request<Incoming>, observed: &Observed) -> Response<Full<By
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let status = observed.status.borrow();
-            let unready = status.unready(observed.clock.now());
-            if unready.is_empty() {
+            let now = observed.clock.now();
+            if status.ready(now) {
                 reply(StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {
+                let unready = status.unready(now);
                 let names: Vec<&str> = unready.iter().map(|name| name.as_str()).collect();
                 let mut body = format!("no valid token on disk for: {}\n", names.join(", "));
                 // A token file names its path and why it was not sent: the fix is on this

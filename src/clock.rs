@@ -37,11 +37,12 @@ impl Clock {
 
     /// Sleeps until the wall clock reads `deadline` as far as can be known now. A clock step
     /// while sleeping is not seen here: callers re-check when told the clock changed.
-    pub(crate) async fn sleep_until(&self, deadline: SystemTime) {
+    /// A plain `Sleep`, not an `async fn` around one: every idle worker holds one.
+    pub(crate) fn sleep_until(&self, deadline: SystemTime) -> tokio::time::Sleep {
         let left = deadline
             .duration_since(self.now())
             .unwrap_or(Duration::ZERO);
-        tokio::time::sleep(left).await;
+        tokio::time::sleep(left)
     }
 
     pub(crate) async fn sleep(&self, duration: Duration) {

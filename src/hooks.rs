@@ -75,7 +75,7 @@ pub(crate) fn on_refresh(spec: &Arc<ClientSpec>, gate: &Gate) {
 }
 
 async fn run(spec: &ClientSpec, gate: &Gate) {
-    match &spec.on_refresh {
+    match spec.on_refresh.as_deref() {
         None => {}
         Some(OnRefresh::Command {
             argv,
@@ -343,7 +343,7 @@ mod tests {
             Err(std::env::VarError::NotPresent)
         })
         .expect("valid config");
-        Arc::new(config.clients[0].clone())
+        Arc::clone(&config.clients[0])
     }
 
     #[tokio::test]

@@ -63,7 +63,7 @@ pub use self::token_command::{TokenError, TokenOptions};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::secret::Secret;
-use crate::worker::{Mode, Start, Worker, WorkerContext};
+use crate::worker::{Inbox, Mode, Nudges, Start, Worker, WorkerContext};
 
 /// The clients that `run --once` could not serve, each with its last error.
 #[derive(Debug)]
@@ -90,21 +90,18 @@ pub async fn run_once(
     let context = WorkerContext::new(config.agent.clone(), clock.clone());
     let now = clock.now();
     let deadline = now.checked_add(deadline).unwrap_or(now);
+    // Kept until every worker ends, so no worker sees a closed channel.
+    let (_nudges, nudged) = tokio::sync::watch::channel(Nudges::default());
     let mut tasks = tokio::task::JoinSet::new();
-    for client in &config.clients {
-        let spec = Arc::new(client.clone());
-        let worker = Worker::new(spec, Arc::clone(&context), None);
-        let name = client.name.to_string();
-        // The sender stays alive until the worker ends, so the worker never sees a closed
-        // command channel.
-        let (commands_tx, commands) = mpsc::unbounded_channel();
-        tasks.spawn(async move {
-            let result = worker
-                .run(Mode::Once { deadline }, Start::ReuseSaved, commands)
-                .await;
-            drop(commands_tx);
-            (name, result)
-        });
+    for spec in &config.clients {
+        let worker = Worker::new(Arc::clone(spec), Arc::clone(&context), None);
+        let name = spec.name.to_string();
+        let inbox = Inbox {
+            nudges: nudged.clone(),
+            token_files: None,
+        };
+        let run = worker.run(Mode::Once { deadline }, Start::ReuseSaved, inbox);
+        tasks.spawn(async move { (name, run.await) });
     }
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {

@@ -1,30 +1,42 @@
 //! Prometheus metrics: per-client token expiry, refreshes by result, last error time, request
-//! duration, unusable token files, and build info. Updated by the supervisor from worker reports; read by `admin`.
+//! duration (sum and count; the buckets across clients), unusable token files, and build info.
+//! Updated by the supervisor from worker reports; read by `admin`.
 //! Never a secret or a token in a label or a value.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::clock::Clock;
 use crate::config::ClientName;
 
+/// Labels hold the client's shared name, not a copy of it (three copies were ~120 bytes a
+/// client).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabel {
-    client: String,
+    client: ClientName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
-    client: String,
+    client: ClientName,
     result: &'static str,
+}
+
+impl EncodeLabelValue for ClientName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,7 +60,33 @@ impl RequestResult {
     }
 }
 
-type DurationHistograms = Family<ClientLabel, Histogram, fn() -> Histogram>;
+/// One client's request durations: a histogram with the `+Inf` bucket only, i.e. its sum and
+/// count, in 48 bytes (prometheus-client's `Histogram` takes ~260 even without buckets).
+#[derive(Clone, Debug, Default)]
+struct SumAndCount(Arc<Mutex<(f64, u64)>>);
+
+impl SumAndCount {
+    fn observe(&self, value: f64) {
+        let mut sum_and_count = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        sum_and_count.0 += value;
+        sum_and_count.1 += 1;
+    }
+}
+
+impl TypedMetric for SumAndCount {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for SumAndCount {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count) = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &[(f64::INFINITY, count)], None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 /// The process's metrics and the registry that encodes them.
 pub(crate) struct Metrics {
@@ -56,7 +94,11 @@ pub(crate) struct Metrics {
     expiry: Family<ClientLabel, Gauge>,
     refreshes: Family<ResultLabel, Counter>,
     last_error: Family<ClientLabel, Gauge>,
-    durations: DurationHistograms,
+    /// Per client: the sum and count of request durations. The buckets are in
+    /// `all_durations`, across clients: a histogram per client was the largest part of the
+    /// metrics' memory with 10,000 clients (BENCHMARKS.md).
+    durations: Family<ClientLabel, SumAndCount>,
+    all_durations: Histogram,
     token_file_unusable: Family<ClientLabel, Gauge>,
     reload_successful: Gauge,
 }
@@ -74,7 +116,8 @@ impl Default for Metrics {
         let expiry = Family::<ClientLabel, Gauge>::default();
         let refreshes = Family::<ResultLabel, Counter>::default();
         let last_error = Family::<ClientLabel, Gauge>::default();
-        let durations: DurationHistograms = Family::new_with_constructor(duration_histogram);
+        let durations = Family::<ClientLabel, SumAndCount>::default();
+        let all_durations = duration_histogram();
         let token_file_unusable = Family::<ClientLabel, Gauge>::default();
         let reload_successful = Gauge::default();
         reload_successful.set(1);
@@ -95,8 +138,13 @@ impl Default for Metrics {
         );
         registry.register(
             "bearerd_request_duration_seconds",
-            "How long token requests took",
+            "How long the client's token requests took (sum and count)",
             durations.clone(),
+        );
+        registry.register(
+            "bearerd_request_duration_all_clients_seconds",
+            "How long token requests took, every client's together",
+            all_durations.clone(),
         );
         registry.register(
             "bearerd_token_file_unusable",
@@ -123,6 +171,7 @@ impl Default for Metrics {
             refreshes,
             last_error,
             durations,
+            all_durations,
             token_file_unusable,
             reload_successful,
         }
@@ -131,7 +180,7 @@ impl Default for Metrics {
 
 fn label(client: &ClientName) -> ClientLabel {
     ClientLabel {
-        client: client.to_string(),
+        client: client.clone(),
     }
 }
 
@@ -154,13 +203,15 @@ impl Metrics {
     ) {
         self.refreshes
             .get_or_create(&ResultLabel {
-                client: client.to_string(),
+                client: client.clone(),
                 result: result.label(),
             })
             .inc();
+        let seconds = took.as_secs_f64();
         self.durations
             .get_or_create(&label(client))
-            .observe(took.as_secs_f64());
+            .observe(seconds);
+        self.all_durations.observe(seconds);
     }
 
     pub(crate) fn request_failed_at(&self, client: &ClientName, at: SystemTime) {
@@ -187,7 +238,7 @@ impl Metrics {
         self.token_file_unusable.remove(&client_label);
         for result in [RequestResult::Success, RequestResult::Failure] {
             self.refreshes.remove(&ResultLabel {
-                client: client.to_string(),
+                client: client.clone(),
                 result: result.label(),
             });
         }
@@ -225,6 +276,9 @@ mod tests {
             "bearerd_refreshes_total{client=\"tasklist\",result=\"failure\"} 1",
             "bearerd_last_error_timestamp_seconds{client=\"tasklist\"} 1800000000",
             "bearerd_request_duration_seconds_count{client=\"tasklist\"} 2",
+            "bearerd_request_duration_seconds_bucket{le=\"+Inf\",client=\"tasklist\"} 2",
+            "bearerd_request_duration_all_clients_seconds_bucket{le=\"0.025\"} 1",
+            "bearerd_request_duration_all_clients_seconds_count 2",
             "bearerd_token_file_unusable{client=\"tasklist\"} 1",
             &format!(
                 "bearerd_build_info{{version=\"{}\"}} 1",

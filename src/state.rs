@@ -241,12 +241,12 @@ mod tests {
             "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
              client_secret = \"{secret}\"\n[[clients.api.output]]\npath = \"/run/x/api.token\"\n"
         );
-        let mut config =
+        let config =
             crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
                 Err(std::env::VarError::NotPresent)
             })
             .expect("valid config");
-        config.clients.remove(0)
+        ClientSpec::clone(&config.clients[0])
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -17,7 +18,7 @@ use crate::events::{Event, ReloadCause};
 use crate::hooks;
 use crate::metrics::{Metrics, RequestResult};
 use crate::preflight;
-use crate::worker::{Command, Mode, Origin, Report, Reporter, Start, Worker, WorkerContext};
+use crate::worker::{Inbox, Mode, Nudges, Origin, Report, Reporter, Start, Worker, WorkerContext};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,6 +26,10 @@ pub(crate) struct Status {
     clients: BTreeMap<ClientName, ClientStatus>,
     /// Bumped on every successful reload.
     generation: u64,
+    /// Kept as entries change, so that a summary or a readiness check after each report costs
+    /// the same with 100,000 clients as with 10 (scanning every client each time made writing
+    /// 60,000 tokens take two minutes).
+    tally: Tally,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,21 +39,116 @@ struct ClientStatus {
     expires_at: Option<SystemTime>,
     next_refresh: Option<SystemTime>,
     last_error: Option<String>,
-    last_error_at: Option<SystemTime>,
-    refreshes_ok: u64,
-    refreshes_failed: u64,
     /// The last attempt sent nothing because a token file was unusable: which and why.
     token_file_problem: Option<String>,
 }
 
-impl Status {
-    /// Every client has been tried once.
-    fn all_tried(&self) -> bool {
-        self.clients.values().all(|client| client.tried)
+/// Counts over every [`ClientStatus`]; each entry is counted out before it changes and back in
+/// after ([`Status::update`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Tally {
+    untried: usize,
+    failing: usize,
+    /// Clients that have had no token yet.
+    without_token: usize,
+    /// How many tokens expire at each instant.
+    expiries: BTreeMap<SystemTime, usize>,
+    /// How many clients are next due at each instant.
+    next_refreshes: BTreeMap<SystemTime, usize>,
+}
+
+impl Tally {
+    fn count(&mut self, client: &ClientStatus, sign: Sign) {
+        fn step(count: &mut usize, sign: Sign) {
+            *count = match sign {
+                Sign::In => *count + 1,
+                Sign::Out => count.saturating_sub(1),
+            };
+        }
+        fn step_at(counts: &mut BTreeMap<SystemTime, usize>, at: Option<SystemTime>, sign: Sign) {
+            let Some(at) = at else { return };
+            let count = counts.entry(at).or_default();
+            step(count, sign);
+            if *count == 0 {
+                counts.remove(&at);
+            }
+        }
+        if !client.tried {
+            step(&mut self.untried, sign);
+        }
+        if client.last_error.is_some() {
+            step(&mut self.failing, sign);
+        }
+        if client.expires_at.is_none() {
+            step(&mut self.without_token, sign);
+        }
+        step_at(&mut self.expiries, client.expires_at, sign);
+        step_at(&mut self.next_refreshes, client.next_refresh, sign);
     }
 
-    /// Clients without an unexpired token on disk.
+    /// Clients whose token has expired by `now` (only those are visited).
+    fn expired(&self, now: SystemTime) -> usize {
+        self.expiries.range(..=now).map(|(_, count)| count).sum()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Sign {
+    In,
+    Out,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times a walk over every client ran on this thread (what the tally avoids).
+    static SCANS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl Status {
+    fn insert(&mut self, name: ClientName) {
+        let entry = ClientStatus::default();
+        self.tally.count(&entry, Sign::In);
+        if let Some(old) = self.clients.insert(name, entry) {
+            self.tally.count(&old, Sign::Out);
+        }
+    }
+
+    fn remove(&mut self, name: &ClientName) {
+        if let Some(old) = self.clients.remove(name) {
+            self.tally.count(&old, Sign::Out);
+        }
+    }
+
+    /// Changes one client's entry, if it is still there, keeping the tally.
+    fn update(&mut self, name: &ClientName, change: impl FnOnce(&mut ClientStatus)) {
+        let Some(entry) = self.clients.get_mut(name) else {
+            return;
+        };
+        self.tally.count(entry, Sign::Out);
+        change(entry);
+        self.tally.count(entry, Sign::In);
+    }
+
+    /// Every client has been tried once.
+    fn all_tried(&self) -> bool {
+        self.tally.untried == 0
+    }
+
+    /// Every client has an unexpired token on disk.
+    pub(crate) fn ready(&self, now: SystemTime) -> bool {
+        self.tally.without_token == 0
+            && self
+                .tally
+                .expiries
+                .first_key_value()
+                .is_none_or(|(first, _)| *first > now)
+    }
+
+    /// Clients without an unexpired token on disk (a walk over every client: for /readyz when
+    /// not [`ready`](Self::ready)).
     pub(crate) fn unready(&self, now: SystemTime) -> Vec<&ClientName> {
+        #[cfg(test)]
+        SCANS.with(|scans| scans.set(scans.get() + 1));
         self.clients
             .iter()
             .filter(|(_, client)| client.expires_at.is_none_or(|expires_at| expires_at <= now))
@@ -64,17 +164,15 @@ impl Status {
     /// One line for `systemctl status`: "3 clients, 3 fresh, next refresh in 4m".
     pub(crate) fn summary(&self, now: SystemTime) -> String {
         let total = self.clients.len();
-        let fresh = total - self.unready(now).len();
-        let failing = self
-            .clients
-            .values()
-            .filter(|client| client.last_error.is_some())
-            .count();
+        let fresh = total
+            .saturating_sub(self.tally.without_token)
+            .saturating_sub(self.tally.expired(now));
+        let failing = self.tally.failing;
         let mut line = format!("{total} clients, {fresh} fresh");
         if failing > 0 {
             line.push_str(&format!(", {failing} failing"));
         }
-        if let Some(next) = self.clients.values().filter_map(|c| c.next_refresh).min() {
+        if let Some((next, _)) = self.tally.next_refreshes.first_key_value() {
             let left = next.duration_since(now).unwrap_or(Duration::ZERO);
             line.push_str(&format!(
                 ", next refresh in {}",
@@ -156,7 +254,8 @@ impl Loader {
 struct Running {
     id: u64,
     abort: AbortHandle,
-    commands: mpsc::UnboundedSender<Command>,
+    /// For a client that reads token files: raised when one changed (see [`Inbox`]).
+    token_files: Option<Arc<AtomicBool>>,
 }
 
 /// Something the supervisor tells the outside world about (systemd).
@@ -176,7 +275,9 @@ pub(crate) struct Supervisor {
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.
     hooks: HashMap<ClientName, hooks::Gate>,
-    tasks: JoinSet<()>,
+    tasks: JoinSet<Result<(), String>>,
+    /// Refresh-now and clock changes, seen by every worker at once.
+    nudges: watch::Sender<Nudges>,
     reports_tx: mpsc::UnboundedSender<(u64, Report)>,
     reports: mpsc::UnboundedReceiver<(u64, Report)>,
     next_worker: u64,
@@ -207,6 +308,7 @@ impl Supervisor {
             workers: HashMap::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
+            nudges: watch::channel(Nudges::default()).0,
             reports_tx,
             reports,
             next_worker: 0,
@@ -247,11 +349,11 @@ impl Supervisor {
                     Some(Event::FilesChanged(paths)) => self.files_changed(paths),
                     Some(Event::RefreshAll) => {
                         info!("refreshing every client now");
-                        self.broadcast(Command::RefreshNow);
+                        self.nudges.send_modify(|nudges| nudges.refresh_now += 1);
                     }
                     Some(Event::ClockChanged) => {
                         info!("the wall clock changed; re-checking every deadline");
-                        self.broadcast(Command::ClockChanged);
+                        self.nudges.send_modify(|nudges| nudges.clock_changed += 1);
                     }
                 },
                 Some((worker, report)) = self.reports.recv() => {
@@ -295,30 +397,33 @@ impl Supervisor {
         let Some(spec) = self.config.client(name.as_str()) else {
             return;
         };
-        let spec = Arc::new(spec.clone());
-        let (commands, commands_rx) = mpsc::unbounded_channel();
         self.next_worker += 1;
         let id = self.next_worker;
         let reporter = Reporter {
             worker: id,
             sender: self.reports_tx.clone(),
         };
-        let gate = self.hooks.entry(name.clone()).or_default().clone();
-        let worker = Worker::new(spec, Arc::clone(&self.context), Some(reporter)).with_hooks(gate);
-        let abort = self.tasks.spawn(async move {
-            let _ = worker.run(Mode::Daemon, start, commands_rx).await;
-        });
+        let mut worker = Worker::new(Arc::clone(spec), Arc::clone(&self.context), Some(reporter));
+        if spec.on_refresh.is_some() {
+            worker = worker.with_hooks(self.hooks.entry(name.clone()).or_default().clone());
+        }
+        let token_files =
+            (!spec.request.token_files().is_empty()).then(|| Arc::new(AtomicBool::new(false)));
+        let inbox = Inbox {
+            nudges: self.nudges.subscribe(),
+            token_files: token_files.clone(),
+        };
+        let abort = self.tasks.spawn(worker.run(Mode::Daemon, start, inbox));
         self.workers.insert(
             name.clone(),
             Running {
                 id,
                 abort,
-                commands,
+                token_files,
             },
         );
-        self.status.send_modify(|status| {
-            status.clients.insert(name.clone(), ClientStatus::default());
-        });
+        self.status
+            .send_modify(|status| status.insert(name.clone()));
     }
 
     fn stop(&mut self, name: &ClientName) {
@@ -329,15 +434,7 @@ impl Supervisor {
             self.hooks.remove(name);
         }
         self.metrics.forget(name);
-        self.status.send_modify(|status| {
-            status.clients.remove(name);
-        });
-    }
-
-    fn broadcast(&self, command: Command) {
-        for running in self.workers.values() {
-            let _ = running.commands.send(command);
-        }
+        self.status.send_modify(|status| status.remove(name));
     }
 
     /// Watched files changed: a token file retries the clients that read it and are waiting
@@ -348,6 +445,7 @@ impl Supervisor {
         let (token_paths, others): (Vec<PathBuf>, Vec<PathBuf>) = paths
             .into_iter()
             .partition(|path| token_files.binary_search(path).is_ok());
+        let mut nudge = false;
         for path in &token_paths {
             for client in &self.config.clients {
                 let reads = client
@@ -357,9 +455,16 @@ impl Supervisor {
                     .any(|(_, file)| *file == path.as_path());
                 if reads && let Some(running) = self.workers.get(&client.name) {
                     debug!(client = %client.name, path = %path.display(), "token file changed");
-                    let _ = running.commands.send(Command::TokenFileChanged);
+                    if let Some(changed) = &running.token_files {
+                        changed.store(true, Ordering::SeqCst);
+                        nudge = true;
+                    }
                 }
             }
+        }
+        if nudge {
+            self.nudges
+                .send_modify(|nudges| nudges.token_files_changed += 1);
         }
         if let Some(first) = others.into_iter().next() {
             self.reload(ReloadCause::FileChanged(first));
@@ -503,42 +608,34 @@ impl Supervisor {
             Report::Expired { .. } => {}
         }
         self.status.send_modify(|status| {
-            let Some(entry) = status.clients.get_mut(&client) else {
-                return;
-            };
-            entry.tried = true;
-            match report {
-                Report::Fresh {
-                    expires_at,
-                    next_refresh,
-                    origin,
-                    ..
-                } => {
-                    entry.expires_at = Some(expires_at);
-                    entry.next_refresh = Some(next_refresh);
-                    entry.last_error = None;
-                    entry.token_file_problem = None;
-                    if let Origin::Fetched { .. } = origin {
-                        entry.refreshes_ok += 1;
+            status.update(&client, |entry| {
+                entry.tried = true;
+                match report {
+                    Report::Fresh {
+                        expires_at,
+                        next_refresh,
+                        ..
+                    } => {
+                        entry.expires_at = Some(expires_at);
+                        entry.next_refresh = Some(next_refresh);
+                        entry.last_error = None;
+                        entry.token_file_problem = None;
+                    }
+                    Report::Failed {
+                        message,
+                        retry_at,
+                        token_file,
+                        ..
+                    } => {
+                        entry.token_file_problem = token_file.then(|| message.clone());
+                        entry.last_error = Some(message);
+                        entry.next_refresh = Some(retry_at);
+                    }
+                    Report::Expired { .. } => {
+                        warn!(client = %client, "token expired");
                     }
                 }
-                Report::Failed {
-                    message,
-                    at,
-                    retry_at,
-                    token_file,
-                    ..
-                } => {
-                    entry.token_file_problem = token_file.then(|| message.clone());
-                    entry.last_error = Some(message);
-                    entry.last_error_at = Some(at);
-                    entry.next_refresh = Some(retry_at);
-                    entry.refreshes_failed += 1;
-                }
-                Report::Expired { .. } => {
-                    warn!(client = %client, "token expired");
-                }
-            }
+            });
         });
     }
 }
@@ -565,6 +662,110 @@ mod tests {
 
     fn names(list: &[ClientName]) -> Vec<&str> {
         list.iter().map(ClientName::as_str).collect()
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
+    }
+
+    fn names_of(count: usize) -> Vec<ClientName> {
+        (0..count)
+            .map(|index| ClientName::parse(&format!("c{index}")).expect("name"))
+            .collect()
+    }
+
+    /// Writing every token costs the same status work per report with any number of clients:
+    /// after each of 1,000 reports, the summary, the readiness check and the supervisor's
+    /// "all tried" walk no list of clients (a walk each made start-up quadratic).
+    #[test]
+    fn the_summary_after_each_report_walks_no_list_of_clients() {
+        let names = names_of(1000);
+        let mut status = Status::default();
+        for name in &names {
+            status.insert(name.clone());
+        }
+        assert!(!status.ready(at(0)) && !status.all_tried());
+        SCANS.with(|scans| scans.set(0));
+        for (index, name) in names.iter().enumerate() {
+            status.update(name, |entry| {
+                entry.tried = true;
+                entry.expires_at = Some(at(3600));
+                entry.next_refresh = Some(at(2880 + index as u64));
+            });
+            let _ = status.summary(at(0));
+            let _ = status.ready(at(0));
+            let _ = status.all_tried();
+        }
+        assert_eq!(SCANS.with(std::cell::Cell::get), 0);
+        assert_eq!(
+            status.summary(at(0)),
+            "1000 clients, 1000 fresh, next refresh in 48m"
+        );
+        assert!(status.ready(at(0)) && status.all_tried());
+        assert!(!status.ready(at(3600)));
+        assert_eq!(
+            status.summary(at(3600)),
+            "1000 clients, 0 fresh, next refresh in 0s"
+        );
+    }
+
+    /// The tally says what a walk over every client says, through inserts, failures,
+    /// expiries, recoveries and removals.
+    #[test]
+    fn the_tally_agrees_with_the_clients() {
+        fn walked(status: &Status, now: SystemTime) -> (usize, usize, bool, Option<SystemTime>) {
+            let clients = status.clients.values();
+            let fresh = clients
+                .clone()
+                .filter(|c| c.expires_at.is_some_and(|e| e > now))
+                .count();
+            let failing = clients.clone().filter(|c| c.last_error.is_some()).count();
+            let tried = clients.clone().all(|c| c.tried);
+            (
+                fresh,
+                failing,
+                tried,
+                clients.filter_map(|c| c.next_refresh).min(),
+            )
+        }
+        let names = names_of(40);
+        let mut status = Status::default();
+        for (round, name) in names.iter().cycle().take(400).enumerate() {
+            let step = round as u64;
+            match round % 7 {
+                0 | 3 => status.insert(name.clone()),
+                1 => status.update(name, |entry| {
+                    entry.tried = true;
+                    entry.last_error = Some("refused".to_owned());
+                    entry.next_refresh = Some(at(step % 13));
+                }),
+                2 | 5 => status.update(name, |entry| {
+                    entry.tried = true;
+                    entry.last_error = None;
+                    entry.expires_at = Some(at(step % 11));
+                    entry.next_refresh = Some(at(step % 17));
+                }),
+                4 => status.remove(name),
+                _ => {}
+            }
+            for now in [at(0), at(5), at(20)] {
+                let (fresh, failing, tried, next) = walked(&status, now);
+                let mut expected = format!("{} clients, {fresh} fresh", status.clients.len());
+                if failing > 0 {
+                    expected.push_str(&format!(", {failing} failing"));
+                }
+                if let Some(next) = next {
+                    let left = next.duration_since(now).unwrap_or(Duration::ZERO);
+                    expected.push_str(&format!(
+                        ", next refresh in {}",
+                        humantime::format_duration(Duration::from_secs(left.as_secs()))
+                    ));
+                }
+                assert_eq!(status.summary(now), expected, "round {round}");
+                assert_eq!(status.ready(now), status.unready(now).is_empty());
+                assert_eq!(status.all_tried(), tried);
+            }
+        }
     }
 
     #[test]

@@ -69,13 +69,17 @@ fn monotonic_usec() -> u64 {
 }
 
 /// Relays notices and status summaries to systemd, and pets the watchdog, until `notices`
-/// closes (after the supervisor's last word, `STOPPING=1`). Does nothing (but drain) when not run under systemd.
+/// closes (after the supervisor's last word, `STOPPING=1`). When not run under systemd it only
+/// drains the notices: it does not even watch the status, so no report wakes it.
 pub(crate) fn spawn(
     mut notices: mpsc::UnboundedReceiver<Notice>,
     mut status: watch::Receiver<Status>,
     clock: Clock,
 ) -> JoinHandle<()> {
-    let notifier = Notifier::from_env();
+    let Some(notifier) = Notifier::from_env() else {
+        drop(status);
+        return tokio::spawn(async move { while notices.recv().await.is_some() {} });
+    };
     let watchdog = watchdog_interval();
     tokio::spawn(async move {
         let mut status_open = true;
@@ -85,15 +89,13 @@ pub(crate) fn spawn(
             tokio::select! {
                 notice = notices.recv() => {
                     let Some(notice) = notice else { return };
-                    if let Some(notifier) = &notifier {
-                        match notice {
-                            Notice::Ready => notifier.send("READY=1"),
-                            Notice::Reloading => notifier.send(&format!(
-                                "RELOADING=1\nMONOTONIC_USEC={}",
-                                monotonic_usec()
-                            )),
-                            Notice::Stopping => notifier.send("STOPPING=1"),
-                        }
+                    match notice {
+                        Notice::Ready => notifier.send("READY=1"),
+                        Notice::Reloading => notifier.send(&format!(
+                            "RELOADING=1\nMONOTONIC_USEC={}",
+                            monotonic_usec()
+                        )),
+                        Notice::Stopping => notifier.send("STOPPING=1"),
                     }
                 }
                 changed = status.changed(), if status_open => {
@@ -103,9 +105,7 @@ pub(crate) fn spawn(
                     }
                     let line = status.borrow_and_update().summary(clock.now());
                     if line != last_status {
-                        if let Some(notifier) = &notifier {
-                            notifier.send(&format!("STATUS={line}"));
-                        }
+                        notifier.send(&format!("STATUS={line}"));
                         last_status = line;
                     }
                 }
@@ -114,11 +114,7 @@ pub(crate) fn spawn(
                         Some(ticker) => { ticker.tick().await; }
                         None => std::future::pending::<()>().await,
                     }
-                } => {
-                    if let Some(notifier) = &notifier {
-                        notifier.send("WATCHDOG=1");
-                    }
-                }
+                } => notifier.send("WATCHDOG=1"),
             }
         }
     })

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::clock::Clock;
@@ -196,14 +197,26 @@ pub(crate) struct Reporter {
     pub(crate) sender: mpsc::UnboundedSender<(u64, Report)>,
 }
 
-/// What the supervisor can tell a worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Command {
-    RefreshNow,
-    /// A token file this client reads changed: if the last attempt failed, retry now.
-    TokenFileChanged,
+/// What the supervisor tells every worker at once, as counts so far: one watch channel for all
+/// workers rather than a channel each (with 10,000 clients those were 5 MB, BENCHMARKS.md). A
+/// worker acts on a count that moved; several moves while it is busy are one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Nudges {
+    /// Refresh-now requests (SIGUSR1).
+    pub(crate) refresh_now: u64,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
-    ClockChanged,
+    pub(crate) clock_changed: u64,
+    /// A token file changed: the workers whose [`Inbox::token_files`] flag is raised act.
+    pub(crate) token_files_changed: u64,
+}
+
+/// What a worker hears from the supervisor: the nudges every worker sees, and, for a client
+/// that reads token files, a flag the supervisor raises (then nudges everyone) when one of them
+/// changed: if the last attempt failed, it retries now. A flag, not a channel: a channel's
+/// receive would sit in every idle worker's task beside the nudges.
+pub(crate) struct Inbox {
+    pub(crate) nudges: watch::Receiver<Nudges>,
+    pub(crate) token_files: Option<Arc<AtomicBool>>,
 }
 
 /// A refresh-now request while a request is in flight or less than this after the last one
@@ -234,9 +247,9 @@ pub(crate) struct Worker {
     spec: Arc<ClientSpec>,
     context: Arc<WorkerContext>,
     session: Session,
-    state_path: PathBuf,
     reports: Option<Reporter>,
-    hooks: hooks::Gate,
+    /// Only for a client with `on_refresh` (most have none, and 10,000 gates were 1 MB).
+    hooks: Option<hooks::Gate>,
 }
 
 /// Where one worker's loop stands between its steps.
@@ -251,10 +264,12 @@ struct Progress {
     last_error: Option<String>,
     /// `current` expired and that was reported (once, until a new token comes).
     expired_reported: bool,
-    /// When the last request ended (commands sent while it was in flight are read after it).
+    /// When the last request ended (nudges sent while it was in flight are read after it).
     last_request: Option<Instant>,
     /// A refresh-now is already waiting for the quiet second to pass.
     refresh_waiting: bool,
+    /// The supervisor's nudges already acted on.
+    nudged: Nudges,
     /// The last failure carried the server's `Retry-After`: `due` honours it, and a token
     /// file's change does not bring the retry forward.
     server_asked_to_wait: bool,
@@ -266,52 +281,55 @@ impl Worker {
         context: Arc<WorkerContext>,
         reports: Option<Reporter>,
     ) -> Self {
-        let state_path = state::path(&context.agent, &spec);
         Self {
             session: Session::new(),
+            hooks: spec.on_refresh.is_some().then(hooks::Gate::default),
             spec,
             context,
-            state_path,
             reports,
-            hooks: hooks::Gate::default(),
         }
     }
 
     /// Runs `on_refresh` actions through `gate`, which outlives this worker (one per client).
     pub(crate) fn with_hooks(mut self, gate: hooks::Gate) -> Self {
-        self.hooks = gate;
+        self.hooks = Some(gate);
         self
     }
 
+    /// Where this client's state is saved: worked out at each use rather than held, as idle
+    /// workers are most of the memory with many clients.
+    fn state_path(&self) -> PathBuf {
+        state::path(&self.context.agent, &self.spec)
+    }
+
+    /// The worker's `client` span. Each step runs in one, made when the step begins: a span
+    /// held while a worker sleeps cost every idle client ~350 bytes (BENCHMARKS.md).
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("client", client = %self.spec.name)
+    }
+
     /// Runs the client until `mode` says stop, beginning as `start` says. Returns the first
-    /// error in `Once` mode.
+    /// error in `Once` mode. Takes the worker by value and is spawned as it is, so that each
+    /// idle task holds one copy of the worker (an `async` wrapper around a `&mut self` loop
+    /// kept three).
     pub(crate) async fn run(
         mut self,
         mode: Mode,
         start: Start,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut inbox: Inbox,
     ) -> Result<(), String> {
-        let span = tracing::info_span!("client", client = %self.spec.name);
-        async move { self.refresh_loop(mode, start, &mut commands).await }
-            .instrument(span)
-            .await
-    }
-
-    async fn refresh_loop(
-        &mut self,
-        mode: Mode,
-        start: Start,
-        commands: &mut mpsc::UnboundedReceiver<Command>,
-    ) -> Result<(), String> {
-        let mut progress = Progress::new(self.context.clock.now());
-        if start == Start::ReuseSaved
-            && self.restore(&mut progress).await
-            && matches!(mode, Mode::Once { .. })
-        {
-            return Ok(());
+        let nudged = *inbox.nudges.borrow_and_update();
+        let mut progress = Progress::new(self.context.clock.now(), nudged);
+        if start == Start::ReuseSaved {
+            let span = self.span();
+            if self.restore(&mut progress).instrument(span).await
+                && matches!(mode, Mode::Once { .. })
+            {
+                return Ok(());
+            }
         }
         loop {
-            self.wait_until_due(&mut progress, commands).await;
+            self.wait_until_due(&mut progress, &mut inbox).await;
             // From now until its files are renamed, this worker's write is coming: a batch's
             // directory syncs wait for it (a bounded time), so one sync covers the batch.
             let coming = output::WriteComing::new();
@@ -321,37 +339,65 @@ impl Worker {
             // turn, failed ones too), and after the backoff and any Retry-After: the rate only
             // ever adds to that wait.
             let permits = Arc::clone(&self.context.permits);
-            let host = rate::host_of(self.session.next_url(&self.spec.request));
-            let paced = self
-                .context
-                .rate
-                .paced(host, &self.context.clock, permits.acquire());
-            let Ok(in_flight) = Box::pin(paced).await else {
+            // Without a rate, nothing boxed while waiting for a place: 10,000 clients starting
+            // at once would each hold a box and their host's name (+3 MiB resident).
+            let in_flight = if self.context.rate.per_second().is_none() {
+                permits.acquire().await
+            } else {
+                let host = rate::host_of(self.session.next_url(&self.spec.request));
+                let paced = self
+                    .context
+                    .rate
+                    .paced(host, &self.context.clock, permits.acquire());
+                Box::pin(paced).await
+            };
+            let Ok(in_flight) = in_flight else {
                 return Err("shutting down".to_owned());
             };
-            let (fetched, latency) = self.fetch(&mut progress).await;
-            let now = self.context.clock.now();
-            let outcome = match fetched {
-                Ok(token) => self
-                    .write_and_persist(&token, coming, in_flight)
-                    .await
-                    .map(|changed| (token, changed)),
-                Err(error) => Err(FailedAttempt::request(&error)),
-            };
-            match outcome {
-                Ok((token, changed)) => {
-                    self.succeeded(&mut progress, token, changed, latency);
-                    if matches!(mode, Mode::Once { .. }) {
-                        return Ok(());
-                    }
-                }
-                Err(failed) => {
-                    self.back_off(&mut progress, &failed, now, latency);
-                    if let Mode::Once { deadline } = mode
-                        && (failed.failure == Failure::Permanent || progress.due > deadline)
+            // Boxed, once the place is taken: an attempt's state lives only while it runs, so
+            // an idle worker's task does not carry it, nor does one waiting for a place.
+            let span = self.span();
+            let attempt = self
+                .attempt(&mut progress, mode, coming, in_flight)
+                .instrument(span);
+            if let Some(ended) = Box::pin(attempt).await {
+                return ended;
+            }
+        }
+    }
+
+    /// One attempt, once due and in flight: fetch, then write the files and state, or back
+    /// off. Returns `Some` when `mode` says the worker is done.
+    async fn attempt(
+        &mut self,
+        progress: &mut Progress,
+        mode: Mode,
+        coming: output::WriteComing,
+        in_flight: SemaphorePermit<'_>,
+    ) -> Option<Result<(), String>> {
+        let (fetched, latency) = self.fetch(progress).await;
+        let now = self.context.clock.now();
+        let outcome = match fetched {
+            Ok(token) => self
+                .write_and_persist(&token, coming, in_flight)
+                .await
+                .map(|changed| (token, changed)),
+            Err(error) => Err(FailedAttempt::request(&error)),
+        };
+        match outcome {
+            Ok((token, changed)) => {
+                self.succeeded(progress, token, changed, latency);
+                matches!(mode, Mode::Once { .. }).then_some(Ok(()))
+            }
+            Err(failed) => {
+                self.back_off(progress, &failed, now, latency);
+                match mode {
+                    Mode::Once { deadline }
+                        if failed.failure == Failure::Permanent || progress.due > deadline =>
                     {
-                        return Err(failed.message);
+                        Some(Err(failed.message))
                     }
+                    _ => None,
                 }
             }
         }
@@ -360,7 +406,7 @@ impl Worker {
     /// Reuses the saved token if it was fetched with the same settings and is not yet due:
     /// writes its files and reports it. Returns whether it did.
     async fn restore(&self, progress: &mut Progress) -> bool {
-        let Some(token) = state::load(&self.state_path, &self.spec) else {
+        let Some(token) = state::load(&self.state_path(), &self.spec) else {
             return false;
         };
         let next = self.next_refresh(&token);
@@ -394,12 +440,13 @@ impl Worker {
 
     /// Sleeps until the fetch is due, reporting the current token's expiry if that comes
     /// first. Meanwhile a refresh-now brings the fetch forward and a clock change re-checks.
-    async fn wait_until_due(
-        &self,
-        progress: &mut Progress,
-        commands: &mut mpsc::UnboundedReceiver<Command>,
-    ) {
+    async fn wait_until_due(&self, progress: &mut Progress, inbox: &mut Inbox) {
         let clock = &self.context.clock;
+        let Inbox {
+            nudges,
+            token_files,
+        } = inbox;
+        let mut nudges_open = true;
         loop {
             let now = clock.now();
             let wake = progress.wake_at(now);
@@ -408,23 +455,35 @@ impl Worker {
             }
             tokio::select! {
                 () = clock.sleep_until(wake) => {}
-                command = commands.recv() => match command {
-                    Some(Command::RefreshNow) => progress.refresh_requested(clock),
-                    Some(Command::TokenFileChanged) => progress.token_file_changed(clock),
-                    Some(Command::ClockChanged) => {
+                changed = nudges.changed(), if nudges_open => {
+                    if changed.is_err() {
+                        // The supervisor is gone: a daemon worker only ends by abort, so keep
+                        // going on timers alone.
+                        nudges_open = false;
+                        continue;
+                    }
+                    let span = self.span();
+                    let _entered = span.enter();
+                    let nudged = *nudges.borrow_and_update();
+                    if nudged.clock_changed != progress.nudged.clock_changed {
                         debug!("clock changed; re-checking deadlines");
                         progress.clock_changed(clock);
                     }
-                    None => {
-                        // The supervisor dropped us: a daemon worker only ends by abort,
-                        // so keep going on timers alone.
-                        std::future::pending::<()>().await;
+                    if nudged.refresh_now != progress.nudged.refresh_now {
+                        progress.refresh_requested(clock);
                     }
-                },
+                    if token_files
+                        .as_ref()
+                        .is_some_and(|changed| changed.swap(false, Ordering::SeqCst))
+                    {
+                        progress.token_file_changed(clock);
+                    }
+                    progress.nudged = nudged;
+                }
             }
             let now = clock.now();
             if let Some(token) = progress.newly_expired(now) {
-                self.expire(token);
+                self.span().in_scope(|| self.expire(token));
             }
             if now >= progress.due {
                 return;
@@ -461,7 +520,7 @@ impl Worker {
         coming: output::WriteComing,
         in_flight: SemaphorePermit<'_>,
     ) -> Result<bool, FailedAttempt> {
-        let written = write_and_save(&self.state_path, &self.spec, token, coming)
+        let written = write_and_save(&self.state_path(), &self.spec, token, coming)
             .await
             .map_err(FailedAttempt::write)?;
         drop(in_flight);
@@ -493,8 +552,8 @@ impl Worker {
             next_refresh: next,
             origin: Origin::Fetched { latency },
         });
-        if changed {
-            hooks::on_refresh(&self.spec, &self.hooks);
+        if changed && let Some(gate) = &self.hooks {
+            hooks::on_refresh(&self.spec, gate);
         }
         progress.attempt = 0;
         progress.expired_reported = false;
@@ -566,7 +625,7 @@ impl Worker {
         );
         if self.spec.on_expiry == OnExpiry::Remove {
             remove_outputs(&self.spec);
-            state::remove(&self.state_path);
+            state::remove(&self.state_path());
             info!("removed the expired token's files (on_expiry = \"remove\")");
         }
         self.report(Report::Expired {
@@ -617,8 +676,9 @@ impl FailedAttempt {
 }
 
 impl Progress {
-    fn new(now: SystemTime) -> Self {
+    fn new(now: SystemTime, nudged: Nudges) -> Self {
         Self {
+            nudged,
             current: None,
             due: now,
             attempt: 0,
@@ -729,7 +789,7 @@ mod tests {
     #[test]
     fn a_clock_step_back_does_not_postpone_a_waiting_refresh_now() {
         let clock = Clock::system();
-        let mut progress = Progress::new(clock.now());
+        let mut progress = Progress::new(clock.now(), Nudges::default());
         progress.due = clock.now() + Duration::from_secs(3600);
         progress.last_request = Some(Instant::now());
         progress.refresh_requested(&clock);
@@ -790,7 +850,7 @@ mod tests {
                 Err(std::env::VarError::NotPresent)
             })
             .expect("valid config");
-        let spec = Arc::new(config.clients[0].clone());
+        let spec = Arc::clone(&config.clients[0]);
         let state_path = state::path(&config.agent, &spec);
         let issued_at = SystemTime::now();
         let token = Token {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -14,9 +15,10 @@ use crate::files;
 use crate::output::OutputSpec;
 use crate::secret::Secret;
 
-/// A client's name: `[A-Za-z0-9_-]+`.
+/// A client's name: `[A-Za-z0-9_-]+`. Shared, not copied: the supervisor's maps, the status
+/// and every report name the client (one copy each was ~100 bytes a client, BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClientName(String);
+pub struct ClientName(Arc<str>);
 
 impl ClientName {
     pub(crate) fn parse(name: &str) -> Result<Self, String> {
@@ -25,7 +27,7 @@ impl ClientName {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
-            Ok(Self(name.to_owned()))
+            Ok(Self(Arc::from(name)))
         } else {
             Err(format!(
                 "invalid client name {name:?}: expected one or more of A-Z a-z 0-9 _ -"
@@ -35,6 +37,11 @@ impl ClientName {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The same name in an allocation of its own (a clone shares it).
+    pub(crate) fn copied(&self) -> Self {
+        Self(Arc::from(self.as_str()))
     }
 
     /// The default `env` variable: upper-cased, `-` → `_`, then `_TOKEN`.
@@ -67,7 +74,8 @@ pub struct ClientSpec {
     pub name: ClientName,
     pub request: RequestSpec,
     pub outputs: Vec<OutputSpec>,
-    pub(crate) on_refresh: Option<OnRefresh>,
+    /// Boxed: most clients have none.
+    pub(crate) on_refresh: Option<Box<OnRefresh>>,
     pub(crate) on_expiry: OnExpiry,
 }
 
@@ -263,7 +271,8 @@ pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
     /// A client certificate for mutual TLS (`tls_client_auth`, or mTLS with any method).
     pub identity: Option<TlsIdentity>,
-    pub proxy: Option<Url>,
+    /// Boxed: most clients have none, and every client's settings are in memory.
+    pub proxy: Option<Box<Url>>,
 }
 
 impl fmt::Debug for TlsSettings {
@@ -272,7 +281,7 @@ impl fmt::Debug for TlsSettings {
         f.debug_struct("TlsSettings")
             .field("ca_file", &self.ca_file)
             .field("identity", &self.identity)
-            .field("proxy", &self.proxy.as_ref().map(display_url))
+            .field("proxy", &self.proxy.as_deref().map(display_url))
             .finish()
     }
 }

@@ -500,7 +500,9 @@ mod tests {
             assert!(message.contains(&path.display().to_string()), "{message}");
         }
         let proxied = TlsSettings {
-            proxy: Some(Url::parse("http://user:pw@proxy.example:3128").expect("url")),
+            proxy: Some(Box::new(
+                Url::parse("http://user:pw@proxy.example:3128").expect("url"),
+            )),
             ..TlsSettings::default()
         };
         http_client(timeout, &proxied, Roots::System).expect("client with proxy");

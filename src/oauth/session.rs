@@ -22,7 +22,8 @@ use crate::token::Token;
 /// and dropped when the endpoint stops answering. One session serves one client's settings.
 #[derive(Default)]
 pub(crate) struct Session {
-    discovery: Option<Discovery>,
+    /// Boxed: most clients name a `token_url`, and an idle worker should not carry the space.
+    discovery: Option<Box<Discovery>>,
 }
 
 impl Session {
@@ -61,11 +62,11 @@ impl Session {
             Endpoint::TokenUrl(url) => (url.clone(), None),
             Endpoint::Issuer(issuer) => {
                 let discovery = match &self.discovery {
-                    Some(discovery) => discovery.clone(),
+                    Some(discovery) => Discovery::clone(discovery),
                     None => {
                         let discovery = discover(&http, issuer).await?;
                         check_discovered_urls(spec, &discovery)?;
-                        self.discovery = Some(discovery.clone());
+                        self.discovery = Some(Box::new(discovery.clone()));
                         discovery
                     }
                 };
@@ -157,11 +158,11 @@ mod tests {
             session.next_url(&issued).as_str(),
             "https://idp.example.com/realms/main"
         );
-        session.discovery = Some(Discovery {
+        session.discovery = Some(Box::new(Discovery {
             token_endpoint: Url::parse("https://tokens.example.net:8443/token").expect("url"),
             auth_methods: vec!["client_secret_post".to_owned()],
             mtls_token_endpoint: Some(Url::parse("https://mtls.example.net/token").expect("url")),
-        });
+        }));
         assert_eq!(
             session.next_url(&issued).as_str(),
             "https://tokens.example.net:8443/token"

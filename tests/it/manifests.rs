@@ -19,6 +19,7 @@ const METRICS: &[&str] = &[
     "bearerd_refreshes_total",
     "bearerd_last_error_timestamp_seconds",
     "bearerd_request_duration_seconds",
+    "bearerd_request_duration_all_clients_seconds",
     "bearerd_build_info",
     "bearerd_config_last_reload_successful",
     "bearerd_token_file_unusable",

@@ -170,12 +170,12 @@ impl Checker<'_> {
                 tls: TlsSettings {
                     ca_file,
                     identity,
-                    proxy,
+                    proxy: proxy.map(Box::new),
                 },
                 allow_insecure_http,
             },
             outputs: outputs?,
-            on_refresh,
+            on_refresh: on_refresh.map(Box::new),
             on_expiry,
         })
     }

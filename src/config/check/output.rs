@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -255,7 +256,7 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn duplicate_paths(&mut self, clients: &[ClientSpec], root: &DeTable<'_>) {
+    pub(super) fn duplicate_paths(&mut self, clients: &[Arc<ClientSpec>], root: &DeTable<'_>) {
         let mut seen: HashMap<&Path, String> = HashMap::new();
         for client in clients {
             for (index, output) in client.outputs.iter().enumerate() {
