@@ -221,7 +221,8 @@ pub(crate) fn write_if_changed(
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
-    let (dir, path) = (dir.to_owned(), path.to_owned());
+    drop(file);
+    let (dir, path, handed) = (dir.to_owned(), path.to_owned(), temp.clone());
     let finish = move |synced: io::Result<()>| {
         let renamed = synced
             .map_err(|error| WriteError::new("sync", &path, error))
@@ -236,7 +237,7 @@ pub(crate) fn write_if_changed(
             }
         }
     };
-    sync_then(file, Box::new(finish), renamed);
+    sync_then(handed, Box::new(finish), renamed);
     Ok(true)
 }
 

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -55,7 +56,8 @@ pub(super) type Finish = Box<dyn FnOnce(io::Result<()>) -> Result<PathBuf, Strin
 
 /// A temporary file handed over for its data round, then its rename and its directory's sync.
 struct Handed {
-    file: File,
+    /// The temporary file, closed: a batch of 1,000 must not hold 1,000 descriptors.
+    temp: PathBuf,
     finish: Finish,
     reply: oneshot::Sender<Result<DirSync, String>>,
     /// Until its rename is asked a directory sync for, a directory round waits for it.
@@ -66,12 +68,12 @@ struct Handed {
 /// makes it durable together with every other file waiting, then runs `finish` (the rename) and
 /// asks for the directory's sync, which the result covers. If the syncer thread cannot be
 /// started, does all that here and now.
-pub(super) fn sync_then(file: File, finish: Finish, renamed: &mut RenamedIn) {
+pub(super) fn sync_then(temp: PathBuf, finish: Finish, renamed: &mut RenamedIn) {
     let syncer = data_syncer();
     let (reply, receiver) = oneshot::channel();
     renamed.handed.push(receiver);
     let handed = Handed {
-        file,
+        temp,
         finish,
         reply,
         _coming: WriteComing::new(),
@@ -85,7 +87,7 @@ pub(super) fn sync_then(file: File, finish: Finish, renamed: &mut RenamedIn) {
     }
     if !state.started {
         drop(state);
-        let synced = handed.file.sync_all();
+        let synced = fsync_path(&handed.temp);
         finish_one(handed, synced);
         return;
     }
@@ -93,15 +95,19 @@ pub(super) fn sync_then(file: File, finish: Finish, renamed: &mut RenamedIn) {
     syncer.wake.notify_all();
 }
 
-/// Drops the file, renames it (or not) and tells the writer what to wait for.
+/// fsync of the file at `path` (our temporary file, in a directory only we write).
+fn fsync_path(path: &Path) -> io::Result<()> {
+    File::open(path).and_then(|file| file.sync_all())
+}
+
+/// Renames the file (or not) and tells the writer what to wait for.
 fn finish_one(handed: Handed, synced: io::Result<()>) {
     let Handed {
-        file,
+        temp: _,
         finish,
         reply,
         _coming,
     } = handed;
-    drop(file);
     let outcome = finish(synced).map(|dir| {
         let mut renamed = RenamedIn::default();
         renamed.add(&dir);
@@ -164,24 +170,31 @@ impl DataSyncer {
 fn sync_round(round: Vec<Handed>) {
     let mut by_filesystem: HashMap<_, Vec<Handed>> = HashMap::new();
     for handed in round {
-        match rustix::fs::fstat(&handed.file) {
-            Ok(stat) => by_filesystem.entry(stat.st_dev).or_default().push(handed),
-            Err(error) => finish_one(handed, Err(error.into())),
+        match std::fs::symlink_metadata(&handed.temp) {
+            Ok(metadata) => by_filesystem
+                .entry(metadata.dev())
+                .or_default()
+                .push(handed),
+            Err(error) => finish_one(handed, Err(error)),
         }
     }
     for group in by_filesystem.into_values() {
         if group.len() <= FEW {
             for handed in group {
-                let synced = handed.file.sync_all();
+                let synced = fsync_path(&handed.temp);
                 finish_one(handed, synced);
             }
             continue;
         }
-        let synced = group
-            .first()
-            .map_or(Ok(()), |handed| rustix::fs::syncfs(&handed.file));
+        let synced = group.first().map_or(Ok(()), |handed| {
+            File::open(&handed.temp).and_then(|file| Ok(rustix::fs::syncfs(&file)?))
+        });
         for handed in group {
-            finish_one(handed, synced.map_err(io::Error::from));
+            let synced = match &synced {
+                Ok(()) => Ok(()),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            };
+            finish_one(handed, synced);
         }
     }
 }
