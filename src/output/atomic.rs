@@ -1,7 +1,7 @@
 //! Putting bytes on disk so that a reader sees the old complete file or the new complete file,
 //! never a mix, with exactly the configured mode: [`write_atomic`] and its temporary files, their
-//! sweep after a crash, [`write_if_changed`] (its directory synced by `dirsync`, once per
-//! batch), [`remove_output`]. It must not render, log or decide what to write, and no error it
+//! sweep after a crash, [`write_if_changed`] (its temporary file made durable, then renamed, and
+//! its directory synced by `dirsync`, once per batch), [`remove_output`]. It must not render, log or decide what to write, and no error it
 //! returns contains file contents.
 
 use std::ffi::{OsStr, OsString};
@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::dirsync::{RenamedIn, sync_dir};
+use super::dirsync::{RenamedIn, sync_dir, sync_then};
 
 /// A failed file operation: what was being done, to which path, and the OS's reason.
 /// It never contains file contents.
@@ -105,7 +105,8 @@ fn split_path(path: &Path) -> Result<(&Path, &OsStr), WriteError> {
 /// survive a crash). A symlink at `path` is replaced, not followed.
 ///
 /// Blocking; run it where cancellation cannot interrupt it (e.g. `spawn_blocking`). Token
-/// files are written by [`write_if_changed`], which leaves the directory's sync to `dirsync`.
+/// files are written by [`write_if_changed`], which leaves the sync (of the temporary file and
+/// of the directory) and the rename between them to `dirsync`.
 #[cfg(test)]
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
     write_atomic_as(path, bytes, mode, Durability::Durable)
@@ -145,12 +146,21 @@ fn replace<'a>(
     durability: Durability,
 ) -> Result<&'a Path, WriteError> {
     let (dir, file_name) = split_path(path)?;
+    let (file, temp) = create_temp(dir, file_name, path)?;
+    if let Err(error) = fill_and_rename(file, &temp, path, bytes, mode, durability) {
+        let _ = fs::remove_file(&temp);
+        return Err(error);
+    }
+    Ok(dir)
+}
+
+/// Creates `dir` if need be, and in it a new temporary file for `path`, owner-only.
+fn create_temp(dir: &Path, file_name: &OsStr, path: &Path) -> Result<(File, PathBuf), WriteError> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|error| WriteError::new("create directory", dir, error))?;
-
     let temp = dir.join(temp_file_name(file_name));
     let file = OpenOptions::new()
         .write(true)
@@ -158,11 +168,17 @@ fn replace<'a>(
         .mode(0o600)
         .open(&temp)
         .map_err(|error| WriteError::new("create a temporary file for", path, error))?;
-    if let Err(error) = fill_and_rename(file, &temp, path, bytes, mode, durability) {
-        let _ = fs::remove_file(&temp);
-        return Err(error);
-    }
-    Ok(dir)
+    Ok((file, temp))
+}
+
+/// Sets the mode of the new temporary `file` and writes `bytes` into it.
+fn fill(file: &mut File, path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    // fchmod, not the creation mode: the umask does not apply to it, and it happens before
+    // the file holds anything worth reading.
+    file.set_permissions(Permissions::from_mode(mode))
+        .map_err(|error| WriteError::new("set the mode of", path, error))?;
+    file.write_all(bytes)
+        .map_err(|error| WriteError::new("write", path, error))
 }
 
 fn fill_and_rename(
@@ -173,12 +189,7 @@ fn fill_and_rename(
     mode: u32,
     durability: Durability,
 ) -> Result<(), WriteError> {
-    // fchmod, not the creation mode: the umask does not apply to it, and it happens before
-    // the file holds anything worth reading.
-    file.set_permissions(Permissions::from_mode(mode))
-        .map_err(|error| WriteError::new("set the mode of", path, error))?;
-    file.write_all(bytes)
-        .map_err(|error| WriteError::new("write", path, error))?;
+    fill(&mut file, path, bytes, mode)?;
     if durability == Durability::Durable {
         file.sync_all()
             .map_err(|error| WriteError::new("sync", path, error))?;
@@ -188,10 +199,12 @@ fn fill_and_rename(
 }
 
 /// [`write_atomic`] unless `path` is already a regular file holding exactly `bytes` with
-/// permission bits exactly `mode`, so that watchers of an unchanged output stay quiet; but
-/// the directory's sync is left to the caller, who gets the directory in `renamed` and makes
-/// it durable for a whole batch at once ([`RenamedIn::request_sync`]).
-/// Returns whether the file was written.
+/// permission bits exactly `mode`, so that watchers of an unchanged output stay quiet; but the
+/// temporary file, once written, is handed to `dirsync`, which makes it durable together with
+/// the rest of its batch (one `syncfs`), renames it and syncs its directory. `path` holds the
+/// new bytes once [`RenamedIn::request_sync`]'s wait has returned `Ok`; until then it holds
+/// the old ones, and an error in that wait names `path` (the temporary file is then removed).
+/// Returns whether the file is being written.
 pub(crate) fn write_if_changed(
     path: &Path,
     bytes: &[u8],
@@ -201,7 +214,30 @@ pub(crate) fn write_if_changed(
     if unchanged(path, bytes, mode) {
         return Ok(false);
     }
-    renamed.add(replace(path, bytes, mode, Durability::Durable)?);
+    let (dir, file_name) = split_path(path)?;
+    let (mut file, temp) = create_temp(dir, file_name, path)?;
+    if let Err(error) = fill(&mut file, path, bytes, mode) {
+        drop(file);
+        let _ = fs::remove_file(&temp);
+        return Err(error);
+    }
+    drop(file);
+    let (dir, path, handed) = (dir.to_owned(), path.to_owned(), temp.clone());
+    let finish = move |synced: io::Result<()>| {
+        let renamed = synced
+            .map_err(|error| WriteError::new("sync", &path, error))
+            .and_then(|()| {
+                fs::rename(&temp, &path).map_err(|error| WriteError::new("replace", &path, error))
+            });
+        match renamed {
+            Ok(()) => Ok(dir),
+            Err(error) => {
+                let _ = fs::remove_file(&temp);
+                Err(error.to_string())
+            }
+        }
+    };
+    sync_then(handed, Box::new(finish), renamed);
     Ok(true)
 }
 
@@ -344,41 +380,82 @@ mod tests {
         assert_eq!(error.to_string(), "cannot write /: the path names no file");
     }
 
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
+    /// [`write_if_changed`], then the wait for its rename and its directory's sync.
+    fn written(path: &Path, bytes: &[u8], mode: u32) -> bool {
+        let mut renamed = RenamedIn::default();
+        let wrote = write_if_changed(path, bytes, mode, &mut renamed).expect("write");
+        block_on(renamed.request_sync().wait()).expect("renamed and synced");
+        wrote
+    }
+
     #[test]
     fn write_if_changed_skips_identical_content_and_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.token");
-        assert!(
-            write_if_changed(&path, b"abc", 0o600, &mut RenamedIn::default()).expect("first write")
-        );
+        assert!(written(&path, b"abc", 0o600), "first write");
         let before = fs::metadata(&path).expect("metadata");
 
-        assert!(!write_if_changed(&path, b"abc", 0o600, &mut RenamedIn::default()).expect("same"));
+        assert!(!written(&path, b"abc", 0o600), "same");
         let after = fs::metadata(&path).expect("metadata");
         assert_eq!(
             (before.ino(), before.mtime(), before.mtime_nsec()),
             (after.ino(), after.mtime(), after.mtime_nsec())
         );
 
-        assert!(
-            write_if_changed(&path, b"abc", 0o640, &mut RenamedIn::default())
-                .expect("mode differs")
-        );
+        assert!(written(&path, b"abc", 0o640), "mode differs");
         assert_eq!(mode_of(&path), 0o640);
         assert_ne!(fs::metadata(&path).expect("metadata").ino(), before.ino());
 
-        assert!(
-            write_if_changed(&path, b"abd", 0o640, &mut RenamedIn::default())
-                .expect("bytes differ")
-        );
-        let mut renamed = RenamedIn::default();
-        assert!(write_if_changed(&path, b"abdd", 0o640, &mut renamed).expect("length differs"));
+        assert!(written(&path, b"abd", 0o640), "bytes differ");
+        assert!(written(&path, b"abdd", 0o640), "length differs");
         assert_eq!(fs::read(&path).expect("read"), b"abdd");
-        assert!(!write_if_changed(&path, b"abdd", 0o640, &mut renamed).expect("same again"));
+        assert!(!written(&path, b"abdd", 0o640), "same again");
+        assert_eq!(names_in(dir.path()), ["t.token"]);
+    }
+
+    #[test]
+    fn a_batch_handed_over_together_is_renamed_whole_with_no_temporary_file_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut renamed = RenamedIn::default();
+        let mut expected = Vec::new();
+        for index in 0..20 {
+            let name = format!("c{index:02}.token");
+            let path = dir.path().join(&name);
+            let bytes = format!("token {index}");
+            assert!(write_if_changed(&path, bytes.as_bytes(), 0o640, &mut renamed).expect("write"));
+            expected.push((path, bytes));
+        }
+        block_on(renamed.request_sync().wait()).expect("renamed and synced");
+        for (path, bytes) in &expected {
+            assert_eq!(fs::read_to_string(path).expect("read"), *bytes);
+            assert_eq!(mode_of(path), 0o640);
+        }
+        assert_eq!(names_in(dir.path()).len(), 20, "{:?}", names_in(dir.path()));
+    }
+
+    #[test]
+    fn a_rename_that_fails_after_the_sync_names_the_path_and_removes_the_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let occupied = dir.path().join("occupied");
+        fs::create_dir(&occupied).expect("mkdir");
+        let mut renamed = RenamedIn::default();
+        assert!(write_if_changed(&occupied, b"x", 0o600, &mut renamed).expect("handed over"));
+        let error = block_on(renamed.request_sync().wait()).expect_err("a directory is in the way");
         assert_eq!(
-            format!("{renamed:?}"),
-            format!("RenamedIn([{:?}])", dir.path())
+            error,
+            format!(
+                "cannot replace {}: Is a directory (os error 21)",
+                occupied.display()
+            )
         );
+        assert_eq!(names_in(dir.path()), ["occupied"]);
     }
 
     #[test]
@@ -504,9 +581,7 @@ mod tests {
             write_atomic(&path, b"abc", mode).expect("write");
             assert_eq!(mode_of(&path), mode, "mode {mode:o} under umask {umask:o}");
             assert_eq!(mode_of(path.parent().expect("parent")), 0o700);
-            assert!(
-                write_if_changed(&path, b"abcd", mode, &mut RenamedIn::default()).expect("rewrite")
-            );
+            assert!(written(&path, b"abcd", mode), "rewrite");
             assert_eq!(mode_of(&path), mode, "mode {mode:o} under umask {umask:o}");
         }
     }

@@ -1,6 +1,7 @@
 //! Durability paid once per batch (issue "Scale", item 2), seen through `strace`: every token
-//! file is fsynced before its rename, a directory is synced once for many renames, state files
-//! are never fsynced, and `on_refresh` runs only after the directory holding the new token is
+//! file is made durable (a `syncfs` for a batch, an fsync for a lone refresh) after its last
+//! write and before its rename, a directory is synced once for many renames, state files are
+//! never fsynced, and `on_refresh` runs only after the directory holding the new token is
 //! synced. Without `strace` (or where it may not trace) each test says so on stderr and passes.
 
 use std::path::Path;
@@ -54,8 +55,18 @@ fn fd_path(line: &str) -> Option<&str> {
     Some(&line[start..end])
 }
 
+/// The temporary file a `rename` line of `strace` moves (its first argument), if it is one.
+fn renamed_temp(line: &str) -> Option<&str> {
+    if !line.contains("rename") {
+        return None;
+    }
+    let start = line.find('"')? + 1;
+    let end = start + line[start..].find('"')?;
+    Some(&line[start..end]).filter(|path| path.contains(".token.bearerd-tmp-"))
+}
+
 #[test]
-fn a_thousand_tokens_in_one_directory_cost_one_fsync_each_and_a_few_directory_syncs() {
+fn a_thousand_tokens_in_one_directory_cost_a_few_syncfs_and_a_few_directory_syncs() {
     if !strace_works("durability::a_thousand_tokens…") {
         return;
     }
@@ -79,7 +90,8 @@ fn a_thousand_tokens_in_one_directory_cost_one_fsync_each_and_a_few_directory_sy
     }
     let config = harness.write_config(&config);
     let trace = harness.path("trace");
-    let output = under_strace(&trace, SYNC_CALLS, &config, &["run", "--once"])
+    let events = format!("{SYNC_CALLS},write,rename,renameat,renameat2");
+    let output = under_strace(&trace, &events, &config, &["run", "--once"])
         .output()
         .expect("run strace");
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -87,37 +99,79 @@ fn a_thousand_tokens_in_one_directory_cost_one_fsync_each_and_a_few_directory_sy
     let out = harness.path("out");
     let out = out.to_str().expect("UTF-8 path");
     let trace = std::fs::read_to_string(&trace).expect("trace");
-    let calls: Vec<&str> = trace.lines().filter(|line| line.contains('(')).collect();
-    let mut temp_files = Vec::new();
-    let (mut directory, mut other) = (Vec::new(), Vec::new());
-    for call in &calls {
-        match fd_path(call) {
-            Some(path) if path == out => directory.push(*call),
-            Some(path) if path.starts_with(out) && path.contains(".token.bearerd-tmp-") => {
-                temp_files.push(path);
+    // Lines in the order strace wrote them: a call's line (or its `<unfinished ...>` half)
+    // comes after it began and no later than it ended, so "line A before line B" holds for a
+    // write that ended before a sync began, and a sync that ended before a rename began.
+    let lines: Vec<&str> = trace.lines().collect();
+    let is_sync = |line: &str| {
+        [
+            "fsync(",
+            "fdatasync(",
+            "syncfs(",
+            "sync(",
+            "sync_file_range(",
+            "msync(",
+        ]
+        .iter()
+        .any(|call| line.contains(call))
+    };
+    let mut last_write = std::collections::HashMap::new();
+    let mut syncs = Vec::new();
+    let (mut directory, mut syncfs, mut other) = (0, 0, Vec::new());
+    let mut covered = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let path = fd_path(line).unwrap_or("");
+        let temp = path.starts_with(out) && path.contains(".token.bearerd-tmp-");
+        if line.contains("write(") && !line.contains("resumed>") {
+            if temp {
+                last_write.insert(path, index);
             }
-            _ => other.push(*call),
+        } else if is_sync(line) && !line.contains("resumed>") {
+            match line {
+                _ if path == out && line.contains("fsync(") => directory += 1,
+                _ if path.starts_with(out) && line.contains("syncfs(") => {
+                    syncfs += 1;
+                    syncs.push((index, None));
+                }
+                _ if temp && line.contains("fsync(") => syncs.push((index, Some(path))),
+                _ => other.push(*line),
+            }
+        } else if let Some(renamed) = renamed_temp(line) {
+            let written = *last_write
+                .get(renamed)
+                .unwrap_or_else(|| panic!("{renamed} renamed but never written"));
+            let durable = syncs.iter().any(|&(at, file)| {
+                written < at && at < index && file.is_none_or(|file| file == renamed)
+            });
+            assert!(
+                durable,
+                "{renamed} renamed (line {index}) before a sync covered it"
+            );
+            covered.push(renamed);
         }
     }
-    temp_files.sort_unstable();
-    temp_files.dedup();
+    covered.sort_unstable();
+    covered.dedup();
     assert_eq!(
-        temp_files.len(),
+        covered.len(),
         clients,
-        "each temporary file fsynced once"
+        "each temporary file made durable, then renamed"
     );
     assert!(other.is_empty(), "no other file is synced: {other:#?}");
     assert!(
-        (1..=10).contains(&directory.len()),
-        "{} syncs of the directory for {clients} renames: {directory:#?}",
-        directory.len()
+        (1..=10).contains(&directory),
+        "{directory} syncs of the directory for {clients} renames"
     );
-    assert!(calls.len() <= 1010, "{} sync calls", calls.len());
+    let calls = syncs.len() + directory;
+    assert!(calls <= 1010, "{calls} sync calls");
+    assert!(
+        syncfs > 0,
+        "a batch of {clients} is synced by syncfs, not a fsync each"
+    );
     eprintln!(
-        "{} sync calls: {} temporary files, {} of the directory",
-        calls.len(),
-        temp_files.len(),
-        directory.len()
+        "{calls} sync calls: {syncfs} syncfs, {} fsyncs of temporary files, {directory} of \
+         the directory",
+        syncs.len() - syncfs,
     );
     assert_eq!(
         std::fs::read_dir(harness.path("out"))
@@ -204,6 +258,10 @@ fn on_refresh_runs_after_the_new_token_s_directory_is_synced() {
     let hook_started = position("execve of the hook", &|line| {
         line.contains("execve(\"/bin/sh\"") && line.contains("hook.sh")
     });
+    assert!(
+        !trace.contains("syncfs("),
+        "a lone refresh fsyncs its file, it does not flush the filesystem:\n{trace}"
+    );
     assert!(
         temp_synced < renamed && renamed < dir_synced && dir_synced < hook_started,
         "fsync(temp) {temp_synced}, rename {renamed}, fsync(dir) {dir_synced}, \
