@@ -358,33 +358,74 @@ impl Worker {
             // an idle worker's task does not carry it, nor does one waiting for a place.
             let span = self.span();
             let attempt = self
-                .attempt(&mut progress, mode, coming, in_flight)
+                .attempt(&mut progress, coming, in_flight)
                 .instrument(span);
-            if let Some(ended) = Box::pin(attempt).await {
+            // The attempt's box and its span are freed before the wait for the directories'
+            // sync round: at start-up thousands of workers wait for one at once, and their boxes
+            // freed round by round left the heap in holes (BENCHMARKS.md, memory per client).
+            let outcome = match Box::pin(attempt).await {
+                Attempted::Written(syncing) => syncing.synced().await,
+                Attempted::Failed(outcome) => outcome,
+            };
+            let span = self.span();
+            if let Some(ended) = span.in_scope(|| self.conclude(&mut progress, mode, outcome)) {
                 return ended;
             }
         }
     }
 
-    /// One attempt, once due and in flight: fetch, then write the files and state, or back
-    /// off. Returns `Some` when `mode` says the worker is done.
+    /// One attempt, once due and in flight: fetch, then write the files and state. Returns
+    /// what is left: the directories' sync to wait for, or the failure.
     async fn attempt(
         &mut self,
         progress: &mut Progress,
-        mode: Mode,
         coming: output::WriteComing,
         in_flight: SemaphorePermit<'_>,
-    ) -> Option<Result<(), String>> {
+    ) -> Attempted {
         let (fetched, latency) = self.fetch(progress).await;
         let now = self.context.clock.now();
-        let outcome = match fetched {
-            Ok(token) => self
-                .write_and_persist(&token, coming, in_flight)
-                .await
-                .map(|changed| (token, changed)),
-            Err(error) => Err(FailedAttempt::request(&error)),
+        let failed = |failed| {
+            Attempted::Failed(Outcome {
+                result: Err(failed),
+                now,
+                latency,
+            })
         };
-        match outcome {
+        let token = match fetched {
+            Ok(token) => token,
+            Err(error) => return failed(FailedAttempt::request(&error)),
+        };
+        let written = match write_and_save(&self.state_path(), &self.spec, &token, coming).await {
+            Ok(written) => written,
+            Err(message) => return failed(FailedAttempt::write(message)),
+        };
+        drop(in_flight);
+        if let Err(message) = written.state {
+            warn!(%message, "cannot save state; a restart will fetch again");
+        }
+        Attempted::Written(Syncing {
+            token,
+            changed: written.changed,
+            synced: written.synced,
+            now,
+            latency,
+        })
+    }
+
+    /// An attempt's outcome, once its files are durable: report and schedule the next refresh,
+    /// or back off. Returns `Some` when `mode` says the worker is done.
+    fn conclude(
+        &self,
+        progress: &mut Progress,
+        mode: Mode,
+        outcome: Outcome,
+    ) -> Option<Result<(), String>> {
+        let Outcome {
+            result,
+            now,
+            latency,
+        } = outcome;
+        match result {
             Ok((token, changed)) => {
                 self.succeeded(progress, token, changed, latency);
                 matches!(mode, Mode::Once { .. }).then_some(Ok(()))
@@ -511,26 +552,6 @@ impl Worker {
         (fetched, latency)
     }
 
-    /// Writes the token's files, then its state, gives back the place in flight, and waits
-    /// until the files' directories are synced; returns whether any file changed. A state
-    /// that cannot be saved is a warning, not a failure.
-    async fn write_and_persist(
-        &self,
-        token: &Token,
-        coming: output::WriteComing,
-        in_flight: SemaphorePermit<'_>,
-    ) -> Result<bool, FailedAttempt> {
-        let written = write_and_save(&self.state_path(), &self.spec, token, coming)
-            .await
-            .map_err(FailedAttempt::write)?;
-        drop(in_flight);
-        if let Err(message) = written.state {
-            warn!(%message, "cannot save state; a restart will fetch again");
-        }
-        written.synced.wait().await.map_err(FailedAttempt::write)?;
-        Ok(written.changed)
-    }
-
     /// A new token is on disk: log, report, run `on_refresh` if a file changed, and schedule
     /// the next refresh.
     fn succeeded(&self, progress: &mut Progress, token: Token, changed: bool, latency: Duration) {
@@ -638,6 +659,53 @@ impl Worker {
             let _ = reporter.sender.send((reporter.worker, report));
         }
     }
+}
+
+/// What an attempt leaves once its box is freed.
+enum Attempted {
+    /// The token's files and state are written and the place in flight given back; their
+    /// directories' sync round is still to come.
+    Written(Syncing),
+    Failed(Outcome),
+}
+
+/// A written token waiting for its directories' sync: all a worker holds meanwhile.
+struct Syncing {
+    token: Token,
+    changed: bool,
+    synced: output::DirSync,
+    now: SystemTime,
+    latency: Duration,
+}
+
+impl Syncing {
+    /// Waits for the sync round; a failed sync fails the attempt (the good token is dropped).
+    async fn synced(self) -> Outcome {
+        let Self {
+            token,
+            changed,
+            synced,
+            now,
+            latency,
+        } = self;
+        let result = match synced.wait().await {
+            Ok(()) => Ok((token, changed)),
+            Err(message) => Err(FailedAttempt::write(message)),
+        };
+        Outcome {
+            result,
+            now,
+            latency,
+        }
+    }
+}
+
+/// How an attempt ended: the token and whether a file changed, or why it failed; `now` is
+/// when its request ended.
+struct Outcome {
+    result: Result<(Token, bool), FailedAttempt>,
+    now: SystemTime,
+    latency: Duration,
 }
 
 /// Why an attempt failed, as far as the backoff and the log are concerned.
