@@ -105,7 +105,7 @@ fn jwt_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
 mod tests {
     use super::*;
 
-    fn jwt(claims: &str) -> String {
+    pub(super) fn jwt(claims: &str) -> String {
         format!(
             "{}.{}.c2ln",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
@@ -169,15 +169,8 @@ mod tests {
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
 mod hostile {
+    use super::tests::jwt;
     use super::*;
-
-    fn jwt(claims: &str) -> String {
-        format!(
-            "{}.{}.c2ln",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
-            URL_SAFE_NO_PAD.encode(claims)
-        )
-    }
 
     /// Claims no issuer would write are refused with a message, never a panic, and an
     /// expiry or start that cannot be read or shown is not taken as "none".
