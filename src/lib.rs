@@ -98,7 +98,6 @@ pub async fn run_once(
         let name = spec.name.to_string();
         let inbox = Inbox {
             nudges: nudged.clone(),
-            token_files: None,
         };
         let run = worker.run(Mode::Once { deadline }, Start::ReuseSaved, inbox);
         tasks.spawn(async move { (name, run.await) });

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -18,7 +17,9 @@ use crate::events::{Event, ReloadCause};
 use crate::hooks;
 use crate::metrics::{Metrics, RequestResult};
 use crate::preflight;
-use crate::worker::{Inbox, Mode, Nudges, Origin, Report, Reporter, Start, Worker, WorkerContext};
+use crate::worker::{
+    Handed, Nudges, Origin, Parked, Report, Reporter, Start, Worker, WorkerContext,
+};
 
 /// What every observer (readiness, metrics, systemd) knows about the clients.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -183,6 +184,14 @@ impl Status {
     }
 }
 
+/// Sleeps until `wake` (the earliest wake-up time of a parked client), or for ever if none.
+async fn sleep_until(clock: &Clock, wake: Option<SystemTime>) {
+    match wake {
+        Some(wake) => clock.sleep_until(wake).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a reload does, decided from the old and the new configuration alone.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Plan {
@@ -251,11 +260,25 @@ impl Loader {
     }
 }
 
-struct Running {
+/// One configured client: the worker that serves it (its `id` tells its reports from those of
+/// a worker it replaced) and whether a task runs for it now.
+struct Slot {
     id: u64,
-    abort: AbortHandle,
-    /// For a client that reads token files: raised when one changed (see [`Inbox`]).
-    token_files: Option<Arc<AtomicBool>>,
+    state: SlotState,
+}
+
+enum SlotState {
+    /// A task restores, fetches, writes or waits for the sync round; it hands the client back
+    /// parked. A token file that changed meanwhile is told to it then.
+    Busy {
+        abort: AbortHandle,
+        token_file_changed: bool,
+    },
+    /// Between attempts, with no task: `wake` is its key in [`Supervisor::wakes`].
+    Parked {
+        parked: Box<Parked>,
+        wake: SystemTime,
+    },
 }
 
 /// Something the supervisor tells the outside world about (systemd).
@@ -271,13 +294,18 @@ pub(crate) enum Notice {
 pub(crate) struct Supervisor {
     config: Config,
     context: Arc<WorkerContext>,
-    workers: HashMap<ClientName, Running>,
+    workers: HashMap<ClientName, Slot>,
+    /// Every parked client by wake-up time (and worker id, as two may share a time): one ordered
+    /// map and one timer for all, rather than a sleeping task each.
+    wakes: BTreeMap<(SystemTime, u64), ClientName>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.
     hooks: HashMap<ClientName, hooks::Gate>,
-    tasks: JoinSet<Result<(), String>>,
-    /// Refresh-now and clock changes, seen by every worker at once.
-    nudges: watch::Sender<Nudges>,
+    /// The tasks of busy clients, each ending with its client parked again.
+    tasks: JoinSet<Handed>,
+    /// Refresh-now and clock changes so far: told to parked clients at once, to busy ones when
+    /// they are parked.
+    nudges: Nudges,
     reports_tx: mpsc::UnboundedSender<(u64, Report)>,
     reports: mpsc::UnboundedReceiver<(u64, Report)>,
     next_worker: u64,
@@ -306,9 +334,10 @@ impl Supervisor {
         Self {
             context,
             workers: HashMap::new(),
+            wakes: BTreeMap::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
-            nudges: watch::channel(Nudges::default()).0,
+            nudges: Nudges::default(),
             reports_tx,
             reports,
             next_worker: 0,
@@ -342,6 +371,10 @@ impl Supervisor {
             let _ = self.notices.send(Notice::Ready);
         }
         loop {
+            let next_wake = self.wakes.first_key_value().map(|((wake, _), _)| *wake);
+            let clock = self.context.clock().clone();
+            let context = Arc::clone(&self.context);
+            let held_back = context.enough_queued();
             tokio::select! {
                 event = events.recv() => match event {
                     None | Some(Event::Shutdown) => break,
@@ -349,11 +382,13 @@ impl Supervisor {
                     Some(Event::FilesChanged(paths)) => self.files_changed(paths),
                     Some(Event::RefreshAll) => {
                         info!("refreshing every client now");
-                        self.nudges.send_modify(|nudges| nudges.refresh_now += 1);
+                        self.nudges.refresh_now += 1;
+                        self.nudge_parked();
                     }
                     Some(Event::ClockChanged) => {
                         info!("the wall clock changed; re-checking every deadline");
-                        self.nudges.send_modify(|nudges| nudges.clock_changed += 1);
+                        self.nudges.clock_changed += 1;
+                        self.nudge_parked();
                     }
                 },
                 Some((worker, report)) = self.reports.recv() => {
@@ -364,12 +399,16 @@ impl Supervisor {
                     }
                 }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Err(error) = joined
-                        && error.is_panic()
-                    {
-                        error!("a worker panicked: {error}");
+                    match joined {
+                        Ok(parked) => self.park(parked),
+                        Err(error) if error.is_panic() => error!("a worker panicked: {error}"),
+                        Err(_) => {}
                     }
                 }
+                () = sleep_until(&clock, next_wake), if next_wake.is_some() && !held_back => {
+                    self.wake_due();
+                }
+                () = context.placed(), if held_back => self.wake_due(),
                 loaded = async {
                     match self.loader.as_mut() {
                         Some(loader) => loader.loaded.recv().await,
@@ -407,28 +446,140 @@ impl Supervisor {
         if spec.on_refresh.is_some() {
             worker = worker.with_hooks(self.hooks.entry(name.clone()).or_default().clone());
         }
-        let token_files =
-            (!spec.request.token_files().is_empty()).then(|| Arc::new(AtomicBool::new(false)));
-        let inbox = Inbox {
-            nudges: self.nudges.subscribe(),
-            token_files: token_files.clone(),
-        };
-        let abort = self.tasks.spawn(worker.run(Mode::Daemon, start, inbox));
-        self.workers.insert(
-            name.clone(),
-            Running {
-                id,
-                abort,
-                token_files,
-            },
-        );
+        let state = self.spawn(worker.start(id, start, self.nudges));
+        self.workers.insert(name.clone(), Slot { id, state });
         self.status
             .send_modify(|status| status.insert(name.clone()));
     }
 
+    /// Runs `task` for a client; it hands the client back.
+    fn spawn(&mut self, task: impl Future<Output = Handed> + Send + 'static) -> SlotState {
+        SlotState::Busy {
+            abort: self.tasks.spawn(task),
+            token_file_changed: false,
+        }
+    }
+
+    /// A task handed its client back: wait for its token's sync round if it has one; then tell
+    /// it what it missed and run its next attempt now if it is due, else keep it until it is.
+    fn park(&mut self, (mut parked, syncing): Handed) {
+        let Some(slot) = self
+            .workers
+            .get_mut(parked.name())
+            .filter(|slot| slot.id == parked.id())
+        else {
+            return; // stopped or replaced meanwhile
+        };
+        let token_file_changed = matches!(
+            slot.state,
+            SlotState::Busy {
+                token_file_changed: true,
+                ..
+            }
+        );
+        if let Some(syncing) = syncing {
+            let abort = self.tasks.spawn(parked.synced(syncing));
+            slot.state = SlotState::Busy {
+                abort,
+                token_file_changed,
+            };
+            return;
+        }
+        parked.nudge(self.nudges, token_file_changed);
+        self.settle(parked);
+    }
+
+    /// Keeps a parked client until its wake-up time, or runs its attempt now if it is due and
+    /// not enough attempts wait for a place already (then it waits its turn in the wakes,
+    /// in the order it fell due).
+    fn settle(&mut self, mut parked: Box<Parked>) {
+        let (name, id) = (parked.name().clone(), parked.id());
+        let state = if parked.due() && !self.context.enough_queued() {
+            let queued = self.context.queue();
+            self.spawn(parked.attempt(queued))
+        } else {
+            let wake = parked.wake_at();
+            self.wakes.insert((wake, id), name.clone());
+            SlotState::Parked { parked, wake }
+        };
+        self.workers.insert(name, Slot { id, state });
+    }
+
+    /// Looks at every parked client whose wake-up time has come, while there is room for
+    /// their attempts.
+    fn wake_due(&mut self) {
+        let now = self.context.clock().now();
+        while !self.context.enough_queued()
+            && let Some(entry) = self.wakes.first_entry()
+            && entry.key().0 <= now
+        {
+            let ((_, id), name) = entry.remove_entry();
+            if let Some(parked) = self.take_parked(&name, id) {
+                self.settle(parked);
+            }
+        }
+    }
+
+    /// Tells every parked client the nudges (a refresh-now, a clock change) and settles it
+    /// again: due now, or at its new wake-up time.
+    fn nudge_parked(&mut self) {
+        let parked: Vec<(ClientName, u64)> = self
+            .workers
+            .iter()
+            .filter(|(_, slot)| matches!(slot.state, SlotState::Parked { .. }))
+            .map(|(name, slot)| (name.clone(), slot.id))
+            .collect();
+        for (name, id) in parked {
+            self.nudge_one(name, id, false);
+        }
+    }
+
+    /// Tells one client the nudges (and whether a token file it reads changed): at once if
+    /// parked, when it is parked if busy.
+    fn nudge_one(&mut self, name: ClientName, id: u64, token_file_changed: bool) {
+        if let Some(Slot {
+            state:
+                SlotState::Busy {
+                    token_file_changed: pending,
+                    ..
+                },
+            ..
+        }) = self.workers.get_mut(&name)
+        {
+            *pending |= token_file_changed;
+            return;
+        }
+        if let Some(mut parked) = self.take_parked(&name, id) {
+            parked.nudge(self.nudges, token_file_changed);
+            self.settle(parked);
+        }
+    }
+
+    /// The parked client `name` (worker `id`), taken out of the workers and the wakes (to be
+    /// settled again).
+    fn take_parked(&mut self, name: &ClientName, id: u64) -> Option<Box<Parked>> {
+        let slot = self.workers.get(name).filter(|slot| slot.id == id)?;
+        if !matches!(slot.state, SlotState::Parked { .. }) {
+            return None;
+        }
+        let slot = self.workers.remove(name)?;
+        match slot.state {
+            SlotState::Parked { parked, wake } => {
+                self.wakes.remove(&(wake, id));
+                Some(parked)
+            }
+            SlotState::Busy { .. } => None,
+        }
+    }
+
     fn stop(&mut self, name: &ClientName) {
-        if let Some(running) = self.workers.remove(name) {
-            running.abort.abort();
+        if let Some(slot) = self.workers.remove(name) {
+            match slot.state {
+                SlotState::Busy { abort, .. } => abort.abort(),
+                SlotState::Parked { wake, .. } => {
+                    self.wakes.remove(&(wake, slot.id));
+                }
+            }
         }
         if self.config.client(name.as_str()).is_none() {
             self.hooks.remove(name);
@@ -445,7 +596,7 @@ impl Supervisor {
         let (token_paths, others): (Vec<PathBuf>, Vec<PathBuf>) = paths
             .into_iter()
             .partition(|path| token_files.binary_search(path).is_ok());
-        let mut nudge = false;
+        let mut nudge = Vec::new();
         for path in &token_paths {
             for client in &self.config.clients {
                 let reads = client
@@ -453,18 +604,14 @@ impl Supervisor {
                     .token_files()
                     .iter()
                     .any(|(_, file)| *file == path.as_path());
-                if reads && let Some(running) = self.workers.get(&client.name) {
+                if reads && let Some(slot) = self.workers.get(&client.name) {
                     debug!(client = %client.name, path = %path.display(), "token file changed");
-                    if let Some(changed) = &running.token_files {
-                        changed.store(true, Ordering::SeqCst);
-                        nudge = true;
-                    }
+                    nudge.push((client.name.clone(), slot.id));
                 }
             }
         }
-        if nudge {
-            self.nudges
-                .send_modify(|nudges| nudges.token_files_changed += 1);
+        for (name, id) in nudge {
+            self.nudge_one(name, id, true);
         }
         if let Some(first) = others.into_iter().next() {
             self.reload(ReloadCause::FileChanged(first));
@@ -766,6 +913,62 @@ mod tests {
                 assert_eq!(status.all_tried(), tried);
             }
         }
+    }
+
+    /// Due clients beyond what can wait for a place in flight stay parked, a box each and no
+    /// task: 30 clients due at once with two places hold two attempts in flight (their
+    /// requests hang) and two queued, not 30 tasks; the rest wait their turn in the wakes.
+    #[test]
+    fn due_clients_wait_parked_until_there_is_room_for_their_attempt() {
+        // Never accepts: a connection completes in the backlog and its request hangs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let address = listener.local_addr().expect("address");
+        let outputs = tempfile::tempdir().expect("tempdir");
+        let mut text = "[agent]\nmax_concurrent_requests = 2\nhttp_timeout = \"1h\"\n".to_owned();
+        for index in 0..30 {
+            text.push_str(&format!(
+                "[clients.c{index}]\ntoken_url = \"http://{address}/token\"\n\
+                 allow_insecure_http = true\nclient_id = \"c{index}\"\nclient_secret = \"s\"\n\
+                 [[clients.c{index}.output]]\npath = \"{}/c{index}.token\"\n",
+                outputs.path().display()
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (notices, _notices) = mpsc::unbounded_channel();
+            let mut supervisor = Supervisor::new(config(&text), Clock::system(), notices);
+            for name in names_of(30) {
+                supervisor.start(&name, Start::ReuseSaved);
+            }
+            // Every start hands its client back, due at once (there is no saved token).
+            for _ in 0..30 {
+                let handed = supervisor.tasks.join_next().await.expect("a start");
+                supervisor.park(handed.expect("not aborted"));
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while supervisor.tasks.len() < 4 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} attempts spawned, {} parked",
+                    supervisor.tasks.len(),
+                    supervisor.wakes.len()
+                );
+                tokio::task::yield_now().await;
+                supervisor.wake_due();
+            }
+            // However long they wait, no more are spawned.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+                supervisor.wake_due();
+            }
+            assert_eq!(supervisor.tasks.len(), 4, "two in flight, two queued");
+            assert_eq!(supervisor.wakes.len(), 26, "the rest parked");
+            assert!(supervisor.context.enough_queued());
+        });
+        drop(listener);
     }
 
     #[test]

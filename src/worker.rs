@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, mpsc, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::clock::Clock;
@@ -29,6 +29,10 @@ pub(crate) struct WorkerContext {
     permits: Arc<Semaphore>,
     rate: Arc<RateLimits>,
     pub(crate) http: HttpClients,
+    /// Attempts spawned that have not yet taken their place in flight ([`Queued`]).
+    queued: AtomicUsize,
+    /// Told each time one of them takes its place (or goes away).
+    placed: Notify,
 }
 
 impl WorkerContext {
@@ -53,10 +57,39 @@ impl WorkerContext {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
             http: HttpClients::new(agent.http_timeout),
+            queued: AtomicUsize::new(0),
+            placed: Notify::new(),
             rate,
             agent,
             clock,
         })
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Whether a daemon should hold back its due clients rather than spawn their attempts:
+    /// as many attempts as there are places in flight already wait for one. Their tasks are
+    /// the memory of a start or a refresh-now with many clients (10,000 waiting tasks were
+    /// 14 MB, and their holes stayed: BENCHMARKS.md); held back, a client is a parked box.
+    /// Not with a request rate, where a host's clients queue for its turns and must not keep
+    /// another host's waiting behind them.
+    pub(crate) fn enough_queued(&self) -> bool {
+        self.rate.per_second().is_none()
+            && self.queued.load(Ordering::SeqCst) >= self.agent.max_concurrent_requests
+    }
+
+    /// Resolves when a queued attempt has taken its place in flight (or gone away), if
+    /// [`enough_queued`](Self::enough_queued) said so since.
+    pub(crate) async fn placed(&self) {
+        self.placed.notified().await;
+    }
+
+    /// Counts an attempt about to be spawned as queued, until the guard is dropped.
+    pub(crate) fn queue(self: &Arc<Self>) -> Queued {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        Queued(Arc::clone(self))
     }
 
     fn backoff(&self) -> Backoff {
@@ -64,6 +97,17 @@ impl WorkerContext {
             min: self.agent.backoff_min,
             max: self.agent.backoff_max,
         }
+    }
+}
+
+/// An attempt spawned and waiting for its place in flight: see [`WorkerContext::queue`].
+pub(crate) struct Queued(Arc<WorkerContext>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::SeqCst);
+        // One stored wake-up at most: the supervisor looks at its queue again either way.
+        self.0.placed.notify_one();
     }
 }
 
@@ -197,26 +241,19 @@ pub(crate) struct Reporter {
     pub(crate) sender: mpsc::UnboundedSender<(u64, Report)>,
 }
 
-/// What the supervisor tells every worker at once, as counts so far: one watch channel for all
-/// workers rather than a channel each (with 10,000 clients those were 5 MB, BENCHMARKS.md). A
-/// worker acts on a count that moved; several moves while it is busy are one.
+/// What the supervisor tells every client at once, as counts so far: a client acts on a count
+/// that moved since it last looked ([`Parked::nudge`]); several moves while it is busy are one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Nudges {
     /// Refresh-now requests (SIGUSR1).
     pub(crate) refresh_now: u64,
     /// The wall clock stepped or the machine resumed: re-check every deadline.
     pub(crate) clock_changed: u64,
-    /// A token file changed: the workers whose [`Inbox::token_files`] flag is raised act.
-    pub(crate) token_files_changed: u64,
 }
 
-/// What a worker hears from the supervisor: the nudges every worker sees, and, for a client
-/// that reads token files, a flag the supervisor raises (then nudges everyone) when one of them
-/// changed: if the last attempt failed, it retries now. A flag, not a channel: a channel's
-/// receive would sit in every idle worker's task beside the nudges.
+/// What a client running in its own task (`run --once`) hears while it waits.
 pub(crate) struct Inbox {
     pub(crate) nudges: watch::Receiver<Nudges>,
-    pub(crate) token_files: Option<Arc<AtomicBool>>,
 }
 
 /// A refresh-now request while a request is in flight or less than this after the last one
@@ -308,10 +345,9 @@ impl Worker {
         tracing::info_span!("client", client = %self.spec.name)
     }
 
-    /// Runs the client until `mode` says stop, beginning as `start` says. Returns the first
-    /// error in `Once` mode. Takes the worker by value and is spawned as it is, so that each
-    /// idle task holds one copy of the worker (an `async` wrapper around a `&mut self` loop
-    /// kept three).
+    /// Runs the client in its own task until `mode` says stop, beginning as `start` says:
+    /// `run --once`, where every client's task waits out its own backoff. Returns the first
+    /// error in `Once` mode. (A daemon's clients are [`Parked`] between attempts instead.)
     pub(crate) async fn run(
         mut self,
         mode: Mode,
@@ -330,48 +366,86 @@ impl Worker {
         }
         loop {
             self.wait_until_due(&mut progress, &mut inbox).await;
-            // From now until its files are renamed, this worker's write is coming: a batch's
-            // directory syncs wait for it (a bounded time), so one sync covers the batch.
-            let coming = output::WriteComing::new();
-            // The place in flight is held until this attempt's files and state are written (not
-            // until their directories are synced: that is shared with others in flight). It
-            // is taken once the host's request rate allows a request (every attempt spends a
-            // turn, failed ones too), and after the backoff and any Retry-After: the rate only
-            // ever adds to that wait.
-            let permits = Arc::clone(&self.context.permits);
-            // Without a rate, nothing boxed while waiting for a place: 10,000 clients starting
-            // at once would each hold a box and their host's name (+3 MiB resident).
-            let in_flight = if self.context.rate.per_second().is_none() {
-                permits.acquire().await
-            } else {
-                let host = rate::host_of(self.session.next_url(&self.spec.request));
-                let paced = self
-                    .context
-                    .rate
-                    .paced(host, &self.context.clock, permits.acquire());
-                Box::pin(paced).await
-            };
-            let Ok(in_flight) = in_flight else {
-                return Err("shutting down".to_owned());
-            };
-            // Boxed, once the place is taken: an attempt's state lives only while it runs, so
-            // an idle worker's task does not carry it, nor does one waiting for a place.
-            let span = self.span();
-            let attempt = self
-                .attempt(&mut progress, coming, in_flight)
-                .instrument(span);
-            // The attempt's box and its span are freed before the wait for the directories'
-            // sync round: at start-up thousands of workers wait for one at once, and their boxes
-            // freed round by round left the heap in holes (BENCHMARKS.md, memory per client).
-            let outcome = match Box::pin(attempt).await {
-                Attempted::Written(syncing) => syncing.synced().await,
-                Attempted::Failed(outcome) => outcome,
-            };
-            let span = self.span();
-            if let Some(ended) = span.in_scope(|| self.conclude(&mut progress, mode, outcome)) {
+            if let Some(ended) = self.step(&mut progress, mode, None).await {
                 return ended;
             }
         }
+    }
+
+    /// A daemon client's first task, as worker `id`: restore the saved token if `start` allows
+    /// and it is still good; then it is parked until its next attempt (due at once if nothing
+    /// was restored).
+    pub(crate) async fn start(self, id: u64, start: Start, nudged: Nudges) -> Handed {
+        let mut parked = Box::new(Parked {
+            id,
+            progress: Progress::new(self.context.clock.now(), nudged),
+            worker: self,
+        });
+        if start == Start::ReuseSaved {
+            let Parked {
+                worker, progress, ..
+            } = &mut *parked;
+            let span = worker.span();
+            worker.restore(progress).instrument(span).await;
+        }
+        (parked, None)
+    }
+
+    /// One attempt, once due: [`try_attempt`](Self::try_attempt), wait for the directories'
+    /// sync, then schedule the next. Returns `Some` when `mode` says the worker is done.
+    async fn step(
+        &mut self,
+        progress: &mut Progress,
+        mode: Mode,
+        queued: Option<Queued>,
+    ) -> Option<Result<(), String>> {
+        let outcome = match self.try_attempt(progress, queued).await {
+            Err(message) => return Some(Err(message)),
+            Ok(Attempted::Written(syncing)) => syncing.synced().await,
+            Ok(Attempted::Failed(outcome)) => outcome,
+        };
+        let span = self.span();
+        span.in_scope(|| self.conclude(progress, mode, outcome))
+    }
+
+    /// Waits for a place in flight (and the host's request rate), then fetches and writes.
+    /// `queued` counts the attempt as waiting for its place until it has it. Fails only if
+    /// the bound on requests in flight is closed, which nothing does.
+    async fn try_attempt(
+        &mut self,
+        progress: &mut Progress,
+        queued: Option<Queued>,
+    ) -> Result<Attempted, String> {
+        // From now until its files are renamed, this worker's write is coming: a batch's
+        // directory syncs wait for it (a bounded time), so one sync covers the batch.
+        let coming = output::WriteComing::new();
+        // The place in flight is held until this attempt's files and state are written (not
+        // until their directories are synced: that is shared with others in flight). It
+        // is taken once the host's request rate allows a request (every attempt spends a
+        // turn, failed ones too), and after the backoff and any Retry-After: the rate only
+        // ever adds to that wait.
+        let permits = Arc::clone(&self.context.permits);
+        // Without a rate, nothing boxed while waiting for a place: 10,000 clients starting
+        // at once would each hold a box and their host's name (+3 MiB resident).
+        let in_flight = if self.context.rate.per_second().is_none() {
+            permits.acquire().await
+        } else {
+            let host = rate::host_of(self.session.next_url(&self.spec.request));
+            let paced = self
+                .context
+                .rate
+                .paced(host, &self.context.clock, permits.acquire());
+            Box::pin(paced).await
+        };
+        drop(queued);
+        let Ok(in_flight) = in_flight else {
+            return Err("shutting down".to_owned());
+        };
+        // Boxed, once the place is taken: an attempt's state lives only while it runs, so
+        // a task waiting for a place does not carry it, nor one waiting for a sync round.
+        let span = self.span();
+        let attempt = self.attempt(progress, coming, in_flight).instrument(span);
+        Ok(Box::pin(attempt).await)
     }
 
     /// One attempt, once due and in flight: fetch, then write the files and state. Returns
@@ -483,10 +557,7 @@ impl Worker {
     /// first. Meanwhile a refresh-now brings the fetch forward and a clock change re-checks.
     async fn wait_until_due(&self, progress: &mut Progress, inbox: &mut Inbox) {
         let clock = &self.context.clock;
-        let Inbox {
-            nudges,
-            token_files,
-        } = inbox;
+        let Inbox { nudges } = inbox;
         let mut nudges_open = true;
         loop {
             let now = clock.now();
@@ -512,12 +583,6 @@ impl Worker {
                     }
                     if nudged.refresh_now != progress.nudged.refresh_now {
                         progress.refresh_requested(clock);
-                    }
-                    if token_files
-                        .as_ref()
-                        .is_some_and(|changed| changed.swap(false, Ordering::SeqCst))
-                    {
-                        progress.token_file_changed(clock);
                     }
                     progress.nudged = nudged;
                 }
@@ -661,6 +726,113 @@ impl Worker {
     }
 }
 
+/// A daemon client between attempts, as the supervisor keeps it while no task runs for it:
+/// its settings, session and progress, and no future. A sleeping task per client was most of
+/// the memory with many clients (1.4 KB each, BENCHMARKS.md); the supervisor keeps every
+/// parked client's wake-up time in one ordered map instead and spawns a task when it is due.
+pub(crate) struct Parked {
+    /// Tells this worker's reports from those of one it replaced.
+    id: u64,
+    worker: Worker,
+    progress: Progress,
+}
+
+impl Parked {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn name(&self) -> &ClientName {
+        &self.worker.spec.name
+    }
+
+    /// When the supervisor must look at this client again: its next attempt, or its token's
+    /// expiry if that comes first (to report it).
+    pub(crate) fn wake_at(&self) -> SystemTime {
+        self.progress.wake_at(self.worker.context.clock.now())
+    }
+
+    /// At its wake-up time (or after a nudge): whether an attempt is due now; if not and the
+    /// token on disk has just expired, reports that (and removes its files if so configured).
+    pub(crate) fn due(&mut self) -> bool {
+        let now = self.worker.context.clock.now();
+        if now >= self.progress.due {
+            return true;
+        }
+        if let Some(token) = self.progress.newly_expired(now) {
+            self.worker.span().in_scope(|| self.worker.expire(token));
+        }
+        false
+    }
+
+    /// What the supervisor told every client (`nudges`, counts so far) since this one last
+    /// looked, and whether a token file it reads changed: a refresh-now brings the attempt
+    /// forward, a clock change re-checks the deadlines, a token file retries a failure.
+    pub(crate) fn nudge(&mut self, nudges: Nudges, token_file_changed: bool) {
+        let Self {
+            worker, progress, ..
+        } = self;
+        let clock = &worker.context.clock;
+        let span = worker.span();
+        let _entered = span.enter();
+        if nudges.clock_changed != progress.nudged.clock_changed {
+            debug!("clock changed; re-checking deadlines");
+            progress.clock_changed(clock);
+        }
+        if nudges.refresh_now != progress.nudged.refresh_now {
+            progress.refresh_requested(clock);
+        }
+        if token_file_changed {
+            progress.token_file_changed(clock);
+        }
+        progress.nudged = nudges;
+    }
+
+    /// The task of a due client: one attempt, up to its files' hand-over (see
+    /// [`Worker::try_attempt`]); `queued` counts it as waiting for a place until it has one.
+    /// The client stays in its box meanwhile, so the task holds a pointer to it, not a copy.
+    /// A written token comes back with its directories' sync still to wait for
+    /// ([`synced`](Self::synced), a task much smaller than this one: at start-up thousands
+    /// wait for a round at once).
+    pub(crate) async fn attempt(mut self: Box<Self>, queued: Queued) -> Handed {
+        let Self {
+            worker, progress, ..
+        } = &mut *self;
+        match worker.try_attempt(progress, Some(queued)).await {
+            Ok(Attempted::Written(syncing)) => return (self, Some(syncing)),
+            Ok(Attempted::Failed(outcome)) => {
+                let span = worker.span();
+                span.in_scope(|| worker.conclude(progress, Mode::Daemon, outcome));
+            }
+            Err(message) => {
+                // Wait as long as the longest backoff rather than spin.
+                error!(client = %worker.spec.name, %message, "cannot make an attempt");
+                let now = worker.context.clock.now();
+                progress.due = now
+                    .checked_add(worker.context.agent.backoff_max)
+                    .unwrap_or(now);
+            }
+        }
+        (self, None)
+    }
+
+    /// The rest of an attempt whose token is written: wait for the sync round, then report
+    /// and schedule the next refresh (or back off if the sync failed).
+    pub(crate) async fn synced(mut self: Box<Self>, syncing: Syncing) -> Handed {
+        let outcome = syncing.synced().await;
+        let Self {
+            worker, progress, ..
+        } = &mut *self;
+        let span = worker.span();
+        span.in_scope(|| worker.conclude(progress, Mode::Daemon, outcome));
+        (self, None)
+    }
+}
+
+/// What a daemon client's task hands back: the client, and the sync round its written token
+/// still waits for, if any.
+pub(crate) type Handed = (Box<Parked>, Option<Syncing>);
+
 /// What an attempt leaves once its box is freed.
 enum Attempted {
     /// The token's files and state are written and the place in flight given back; their
@@ -670,7 +842,7 @@ enum Attempted {
 }
 
 /// A written token waiting for its directories' sync: all a worker holds meanwhile.
-struct Syncing {
+pub(crate) struct Syncing {
     token: Token,
     changed: bool,
     synced: output::DirSync,
