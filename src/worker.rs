@@ -1,5 +1,7 @@
-//! One client's loop: restore → fetch → write → persist → sleep, or back off and retry.
-//! This is the only place that retries; it reads no config and watches no OS events.
+//! One client's steps: restore → fetch → write → persist → schedule the next, or back off and
+//! retry. Between attempts a daemon's client is [`Parked`] in the supervisor, which wakes it;
+//! `run --once` loops here ([`Worker::run`]). This is the only place that retries; it reads
+//! no config and watches no OS events.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
