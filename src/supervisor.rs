@@ -446,10 +446,9 @@ impl Supervisor {
         if spec.on_refresh.is_some() {
             worker = worker.with_hooks(self.hooks.entry(name.clone()).or_default().clone());
         }
-        let state = self.spawn(worker.start(id, start, self.nudges));
-        self.workers.insert(name.clone(), Slot { id, state });
         self.status
             .send_modify(|status| status.insert(name.clone()));
+        self.settle(worker.park(id, start, self.nudges));
     }
 
     /// Runs `task` for a client; it hands the client back.
@@ -462,7 +461,7 @@ impl Supervisor {
 
     /// A task handed its client back: wait for its token's sync round if it has one; then tell
     /// it what it missed and run its next attempt now if it is due, else keep it until it is.
-    fn park(&mut self, (mut parked, syncing): Handed) {
+    fn park(&mut self, (mut parked, pending): Handed) {
         let Some(slot) = self
             .workers
             .get_mut(parked.name())
@@ -477,8 +476,8 @@ impl Supervisor {
                 ..
             }
         );
-        if let Some(syncing) = syncing {
-            let abort = self.tasks.spawn(parked.synced(syncing));
+        if let Some(pending) = pending {
+            let abort = self.tasks.spawn(parked.synced(pending));
             slot.state = SlotState::Busy {
                 abort,
                 token_file_changed,
@@ -940,14 +939,12 @@ mod tests {
         runtime.block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config(&text), Clock::system(), notices);
+            // Each is due at once (there is no saved token to restore): two tasks, 28 parked.
             for name in names_of(30) {
                 supervisor.start(&name, Start::ReuseSaved);
             }
-            // Every start hands its client back, due at once (there is no saved token).
-            for _ in 0..30 {
-                let handed = supervisor.tasks.join_next().await.expect("a start");
-                supervisor.park(handed.expect("not aborted"));
-            }
+            assert_eq!(supervisor.tasks.len(), 2);
+            assert_eq!(supervisor.wakes.len(), 28);
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while supervisor.tasks.len() < 4 {
                 assert!(

@@ -117,6 +117,17 @@ impl Drop for Queued {
 /// files' directories are durable. The writes run on a blocking thread, so cancelling the
 /// caller cannot interrupt one half-way.
 pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool, String> {
+    let (changed, synced) = hand_over_outputs(spec, token).await?;
+    synced.wait().await?;
+    Ok(changed)
+}
+
+/// [`write_outputs`] up to the hand-over: the files written (on a blocking thread) and handed
+/// to the syncers; returns whether any changed and the sync to wait for.
+async fn hand_over_outputs(
+    spec: &Arc<ClientSpec>,
+    token: &Token,
+) -> Result<(bool, output::DirSync), String> {
     let (spec, token) = (Arc::clone(spec), token.clone());
     let coming = output::WriteComing::new();
     let (changed, synced) = tokio::task::spawn_blocking(move || {
@@ -128,9 +139,7 @@ pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool
     })
     .await
     .map_err(|error| format!("writer task failed: {error}"))?;
-    let changed = changed?;
-    synced.wait().await?;
-    Ok(changed)
+    Ok((changed?, synced))
 }
 
 /// What [`write_and_save`] did once the token's files were written.
@@ -312,6 +321,8 @@ struct Progress {
     /// The last failure carried the server's `Retry-After`: `due` honours it, and a token
     /// file's change does not bring the retry forward.
     server_asked_to_wait: bool,
+    /// A daemon client not yet started: its first task tries the saved token first.
+    restore: bool,
 }
 
 impl Worker {
@@ -374,23 +385,18 @@ impl Worker {
         }
     }
 
-    /// A daemon client's first task, as worker `id`: restore the saved token if `start` allows
-    /// and it is still good; then it is parked until its next attempt (due at once if nothing
-    /// was restored).
-    pub(crate) async fn start(self, id: u64, start: Start, nudged: Nudges) -> Handed {
-        let mut parked = Box::new(Parked {
+    /// A daemon client as worker `id`, parked and due at once: its first task restores the
+    /// saved token if `start` allows and it is still good, else makes its first attempt. No
+    /// task yet: 10,000 clients starting at once are 10,000 boxes, and their tasks are
+    /// spawned as there is room (see [`WorkerContext::enough_queued`]).
+    pub(crate) fn park(self, id: u64, start: Start, nudged: Nudges) -> Box<Parked> {
+        let mut progress = Progress::new(self.context.clock.now(), nudged);
+        progress.restore = start == Start::ReuseSaved;
+        Box::new(Parked {
             id,
-            progress: Progress::new(self.context.clock.now(), nudged),
+            progress,
             worker: self,
-        });
-        if start == Start::ReuseSaved {
-            let Parked {
-                worker, progress, ..
-            } = &mut *parked;
-            let span = worker.span();
-            worker.restore(progress).instrument(span).await;
-        }
-        (parked, None)
+        })
     }
 
     /// One attempt, once due: [`try_attempt`](Self::try_attempt), wait for the directories'
@@ -523,36 +529,62 @@ impl Worker {
     /// Reuses the saved token if it was fetched with the same settings and is not yet due:
     /// writes its files and reports it. Returns whether it did.
     async fn restore(&self, progress: &mut Progress) -> bool {
-        let Some(token) = state::load(&self.state_path(), &self.spec) else {
+        let Some(restoring) = self.begin_restore().await else {
             return false;
         };
+        let synced = restoring.synced.wait().await;
+        self.restored(progress, restoring.token, restoring.next, synced)
+    }
+
+    /// The saved token, if it was fetched with the same settings and is not yet due, with its
+    /// files written and handed over: their sync is still to wait for.
+    async fn begin_restore(&self) -> Option<Restoring> {
+        let token = state::load(&self.state_path(), &self.spec)?;
         let next = self.next_refresh(&token);
         if self.context.clock.now() >= next {
-            return false;
+            return None;
         }
-        match write_outputs(&self.spec, &token).await {
-            Ok(_) => {
-                info!(
-                    token = %token.access_token.fingerprint(),
-                    expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
-                    next_refresh = %humantime::format_rfc3339_seconds(next),
-                    "reusing the saved token"
-                );
-                self.report(Report::Fresh {
-                    client: self.spec.name.clone(),
-                    expires_at: token.expires_at,
-                    next_refresh: next,
-                    origin: Origin::Saved,
-                });
-                progress.due = next;
-                progress.current = Some(token);
-                true
-            }
+        match hand_over_outputs(&self.spec, &token).await {
+            Ok((_, synced)) => Some(Restoring {
+                token,
+                next,
+                synced,
+            }),
             Err(message) => {
                 warn!(%message, "cannot restore the saved token's files");
-                false
+                None
             }
         }
+    }
+
+    /// A restored token's files are durable (or not): report it and schedule its refresh.
+    /// Returns whether it is in use.
+    fn restored(
+        &self,
+        progress: &mut Progress,
+        token: Token,
+        next: SystemTime,
+        synced: Result<(), String>,
+    ) -> bool {
+        if let Err(message) = synced {
+            warn!(%message, "cannot restore the saved token's files");
+            return false;
+        }
+        info!(
+            token = %token.access_token.fingerprint(),
+            expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+            next_refresh = %humantime::format_rfc3339_seconds(next),
+            "reusing the saved token"
+        );
+        self.report(Report::Fresh {
+            client: self.spec.name.clone(),
+            expires_at: token.expires_at,
+            next_refresh: next,
+            origin: Origin::Saved,
+        });
+        progress.due = next;
+        progress.current = Some(token);
+        true
     }
 
     /// Sleeps until the fetch is due, reporting the current token's expiry if that comes
@@ -800,8 +832,14 @@ impl Parked {
         let Self {
             worker, progress, ..
         } = &mut *self;
+        if std::mem::take(&mut progress.restore) {
+            let span = worker.span();
+            if let Some(restoring) = worker.begin_restore().instrument(span).await {
+                return (self, Some(Pending::Restored(restoring)));
+            }
+        }
         match worker.try_attempt(progress, Some(queued)).await {
-            Ok(Attempted::Written(syncing)) => return (self, Some(syncing)),
+            Ok(Attempted::Written(syncing)) => return (self, Some(Pending::Refreshed(syncing))),
             Ok(Attempted::Failed(outcome)) => {
                 let span = worker.span();
                 span.in_scope(|| worker.conclude(progress, Mode::Daemon, outcome));
@@ -818,22 +856,47 @@ impl Parked {
         (self, None)
     }
 
-    /// The rest of an attempt whose token is written: wait for the sync round, then report
-    /// and schedule the next refresh (or back off if the sync failed).
-    pub(crate) async fn synced(mut self: Box<Self>, syncing: Syncing) -> Handed {
-        let outcome = syncing.synced().await;
+    /// The rest of an attempt whose token is written (or of a restore): wait for the sync
+    /// round, then report and schedule the next refresh, or back off if the sync failed (a
+    /// failed restore leaves the first attempt due at once).
+    pub(crate) async fn synced(mut self: Box<Self>, pending: Pending) -> Handed {
         let Self {
             worker, progress, ..
         } = &mut *self;
-        let span = worker.span();
-        span.in_scope(|| worker.conclude(progress, Mode::Daemon, outcome));
+        match pending {
+            Pending::Refreshed(syncing) => {
+                let outcome = syncing.synced().await;
+                let span = worker.span();
+                span.in_scope(|| worker.conclude(progress, Mode::Daemon, outcome));
+            }
+            Pending::Restored(restoring) => {
+                let synced = restoring.synced.wait().await;
+                let span = worker.span();
+                span.in_scope(|| {
+                    worker.restored(progress, restoring.token, restoring.next, synced)
+                });
+            }
+        }
         (self, None)
     }
 }
 
 /// What a daemon client's task hands back: the client, and the sync round its written token
 /// still waits for, if any.
-pub(crate) type Handed = (Box<Parked>, Option<Syncing>);
+pub(crate) type Handed = (Box<Parked>, Option<Pending>);
+
+/// A token whose files are handed over, waiting for their sync round.
+pub(crate) enum Pending {
+    Refreshed(Syncing),
+    Restored(Restoring),
+}
+
+/// A saved token being reused: its files handed over, their sync to wait for.
+pub(crate) struct Restoring {
+    token: Token,
+    next: SystemTime,
+    synced: output::DirSync,
+}
 
 /// What an attempt leaves once its box is freed.
 enum Attempted {
@@ -929,6 +992,7 @@ impl Progress {
             last_request: None,
             refresh_waiting: false,
             server_asked_to_wait: false,
+            restore: false,
         }
     }
 
