@@ -84,9 +84,20 @@ import * as https from 'node:https';
 console.info = console.error;
 console.log = console.error;
 
+// Each step of the start-up, timed, on stderr: a start that never prints its ready line (seen a
+// few times on a loaded machine, never reproduced alone) then says in the test's output where
+// it stopped.
+const started = process.hrtime.bigint();
+function startupStep(name) {
+  const ms = Number((process.hrtime.bigint() - started) / 1000000n);
+  process.stderr.write(`bearerd-interop: start +${ms} ms: ${name}\n`);
+}
+startupStep('node running');
+
 const { default: Provider, errors } = await import('oidc-provider');
 // jose is oidc-provider's own JOSE library (a dependency it pins), used for the token exchange.
 const jose = await import('jose');
+startupStep('modules loaded');
 
 function fail(message) {
   process.stderr.write(`bearerd-interop: ${message}\n`);
@@ -228,6 +239,7 @@ await new Promise((resolve, reject) => {
   server.listen(0, '127.0.0.1', resolve);
 });
 const { port } = server.address();
+startupStep(`listening on port ${port}`);
 const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 
 async function resourceServerInfo(ctx, resource, client) {
@@ -247,6 +259,7 @@ async function resourceServerInfo(ctx, resource, client) {
 }
 
 const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+startupStep('signing key made');
 
 const provider = new Provider(issuer, {
   clients,
@@ -551,6 +564,7 @@ if (process.env.BEARERD_INTEROP_IGNORE_STDIN !== '1') {
   process.stdin.resume();
 }
 
+startupStep('provider ready');
 process.stdout.write(`${JSON.stringify({
   issuer,
   token_endpoint: provider.urlFor('token'),
