@@ -29,6 +29,8 @@ pub(crate) struct WorkerContext {
     agent: Agent,
     clock: Clock,
     permits: Arc<Semaphore>,
+    /// As many token writes at once as requests in flight.
+    writers: Semaphore,
     rate: Arc<RateLimits>,
     pub(crate) http: HttpClients,
     /// Attempts spawned that have not yet taken their place in flight ([`Queued`]).
@@ -58,6 +60,7 @@ impl WorkerContext {
     fn with_rate(agent: Agent, clock: Clock, rate: Arc<RateLimits>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
+            writers: Semaphore::new(agent.max_concurrent_requests),
             http: HttpClients::new(agent.http_timeout),
             queued: AtomicUsize::new(0),
             placed: Notify::new(),
@@ -477,11 +480,19 @@ impl Worker {
             Ok(token) => token,
             Err(error) => return failed(FailedAttempt::request(&error)),
         };
-        let written = match write_and_save(&self.state_path(), &self.spec, &token, coming).await {
+        // The place in flight is handed over to a place among the writers: the next request can
+        // go while this token is written, and a disk slower than the server holds requests
+        // back rather than piling up written tokens.
+        let Ok(writing) = self.context.writers.acquire().await else {
+            return failed(FailedAttempt::write("shutting down".to_owned()));
+        };
+        drop(in_flight);
+        let written = write_and_save(&self.state_path(), &self.spec, &token, coming).await;
+        drop(writing);
+        let written = match written {
             Ok(written) => written,
             Err(message) => return failed(FailedAttempt::write(message)),
         };
-        drop(in_flight);
         if let Err(message) = written.state {
             warn!(%message, "cannot save state; a restart will fetch again");
         }
