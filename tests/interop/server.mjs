@@ -258,8 +258,14 @@ async function resourceServerInfo(ctx, resource, client) {
   };
 }
 
-const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
-startupStep('signing key made');
+// The provider's signing key: a fixed RSA key made for these tests (test-only, signs nothing
+// but this server's test tokens). It was generated at each start, and on a loaded machine
+// `generateKeyPairSync` sometimes did not return within a minute (the start-up steps above
+// showed it stopping there).
+const signingKey = JSON.parse(
+  fs.readFileSync(new URL('./signing-key.jwk.json', import.meta.url), 'utf8'),
+);
+startupStep('signing key read');
 
 const provider = new Provider(issuer, {
   clients,
