@@ -363,6 +363,8 @@ impl Supervisor {
     pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
         preflight::sweep_stale_temps(&self.config);
         let names: Vec<ClientName> = self.config.clients.iter().map(|c| c.name.clone()).collect();
+        // Sized once: grown by doubling, each old table is left as a hole in the heap.
+        self.workers.reserve(names.len());
         for name in names {
             self.start(&name, Start::ReuseSaved);
         }
@@ -694,6 +696,7 @@ impl Supervisor {
                 for name in &plan.stop {
                     self.stop(name);
                 }
+                self.workers.reserve(plan.start.len());
                 for (name, start) in &plan.start {
                     self.start(name, *start);
                 }
