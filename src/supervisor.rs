@@ -3,6 +3,7 @@
 //! It never fetches, writes token files or talks to the OS itself.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -298,6 +299,9 @@ pub(crate) struct Supervisor {
     /// Every parked client by wake-up time (and worker id, as two may share a time): one ordered
     /// map and one timer for all, rather than a sleeping task each.
     wakes: BTreeMap<(SystemTime, u64), ClientName>,
+    /// While due clients are held back: the wake-up times up to this one have been looked at
+    /// (expiries reported), and the due clients among them wait their turn.
+    checked: SystemTime,
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.
     hooks: HashMap<ClientName, hooks::Gate>,
@@ -335,6 +339,7 @@ impl Supervisor {
             context,
             workers: HashMap::new(),
             wakes: BTreeMap::new(),
+            checked: SystemTime::UNIX_EPOCH,
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
             nudges: Nudges::default(),
@@ -373,10 +378,10 @@ impl Supervisor {
             let _ = self.notices.send(Notice::Ready);
         }
         loop {
-            let next_wake = self.wakes.first_key_value().map(|((wake, _), _)| *wake);
             let clock = self.context.clock().clone();
             let context = Arc::clone(&self.context);
             let held_back = context.enough_queued();
+            let next_wake = self.next_wake(held_back, clock.now());
             tokio::select! {
                 event = events.recv() => match event {
                     None | Some(Event::Shutdown) => break,
@@ -407,7 +412,7 @@ impl Supervisor {
                         Err(_) => {}
                     }
                 }
-                () = sleep_until(&clock, next_wake), if next_wake.is_some() && !held_back => {
+                () = sleep_until(&clock, next_wake), if next_wake.is_some() => {
                     self.wake_due();
                 }
                 () = context.placed(), if held_back => self.wake_due(),
@@ -506,8 +511,23 @@ impl Supervisor {
         self.workers.insert(name, Slot { id, state });
     }
 
+    /// The next wake-up time to sleep until: the first, or while due clients are held back
+    /// (they wait for `placed`), the first not yet looked at (all after `now` if the clock
+    /// stepped back).
+    fn next_wake(&self, held_back: bool, now: SystemTime) -> Option<SystemTime> {
+        let mut wakes = if held_back {
+            let checked = (self.checked.min(now), u64::MAX);
+            self.wakes
+                .range((Bound::Excluded(checked), Bound::Unbounded))
+        } else {
+            self.wakes.range(..)
+        };
+        wakes.next().map(|((wake, _), _)| *wake)
+    }
+
     /// Looks at every parked client whose wake-up time has come, while there is room for
-    /// their attempts.
+    /// their attempts; held back, still at those that have not been looked at (a token that
+    /// expires is reported at its time, as when each client had a timer of its own).
     fn wake_due(&mut self) {
         let now = self.context.clock().now();
         while !self.context.enough_queued()
@@ -516,6 +536,32 @@ impl Supervisor {
         {
             let ((_, id), name) = entry.remove_entry();
             if let Some(parked) = self.take_parked(&name, id) {
+                self.settle(parked);
+            }
+        }
+        if !self.context.enough_queued() {
+            return;
+        }
+        // A step back of the clock: look again from now on.
+        let checked = (self.checked.min(now), u64::MAX);
+        let come: Vec<(u64, ClientName)> = self
+            .wakes
+            .range((Bound::Excluded(checked), Bound::Included((now, u64::MAX))))
+            .map(|((_, id), name)| (*id, name.clone()))
+            .collect();
+        self.checked = now;
+        for (id, name) in come {
+            let Some(Slot {
+                state: SlotState::Parked { parked, .. },
+                ..
+            }) = self.workers.get_mut(&name).filter(|slot| slot.id == id)
+            else {
+                continue;
+            };
+            // A due client keeps its place; one that only had an expiry to report wakes later.
+            if !parked.due()
+                && let Some(parked) = self.take_parked(&name, id)
+            {
                 self.settle(parked);
             }
         }
@@ -967,6 +1013,113 @@ mod tests {
             assert_eq!(supervisor.tasks.len(), 4, "two in flight, two queued");
             assert_eq!(supervisor.wakes.len(), 26, "the rest parked");
             assert!(supervisor.context.enough_queued());
+        });
+        drop(listener);
+    }
+
+    /// While due clients are held back (the places in flight and the queue are taken by
+    /// requests that hang), a parked client's token that expires is still reported at its
+    /// time and, with `on_expiry = "remove"`, its files removed, as when each client had a
+    /// timer of its own: the wake-up times that pass while held back are looked at.
+    #[test]
+    fn an_expiry_is_reported_while_due_clients_are_held_back() {
+        // Never accepts: a connection completes in the backlog and its request hangs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let hung = listener.local_addr().expect("address");
+        // Nothing listens there once it is dropped: a request is refused at once.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|closed| closed.local_addr())
+            .expect("address");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let dir = directory.path().display();
+        let mut text = format!(
+            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n\
+             backoff_min = \"1h\"\nbackoff_max = \"1h\"\nstate_dir = \"{dir}/state\"\n"
+        );
+        for (name, address, extra) in [
+            ("x", refused, "on_expiry = \"remove\"\n"),
+            ("b", hung, ""),
+            ("c", hung, ""),
+        ] {
+            text.push_str(&format!(
+                "[clients.{name}]\ntoken_url = \"http://{address}/token\"\n\
+                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
+                 {extra}[[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
+            ));
+        }
+        let config = config(&text);
+        let x = ClientName::parse("x").expect("name");
+        let spec = Arc::clone(config.client("x").expect("x"));
+        let issued_at = SystemTime::now();
+        let token = crate::token::Token {
+            access_token: crate::secret::Secret::new("abc.def"),
+            token_type: "Bearer".to_owned(),
+            scope: None,
+            issued_at,
+            expires_at: issued_at + Duration::from_secs(3600),
+            issued_token_type: None,
+        };
+        crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
+            .expect("state saved");
+        let x_token = directory.path().join("x.token");
+        let clock = Clock::system();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (notices, _notices) = mpsc::unbounded_channel();
+            let mut supervisor = Supervisor::new(config, clock.clone(), notices);
+            let parked = |supervisor: &Supervisor, name: &ClientName| {
+                supervisor
+                    .workers
+                    .get(name)
+                    .is_some_and(|slot| matches!(slot.state, SlotState::Parked { .. }))
+            };
+            // x restores its saved token and is parked until its refresh.
+            supervisor.start(&x, Start::ReuseSaved);
+            while !parked(&supervisor, &x) {
+                let handed = supervisor.tasks.join_next().await.expect("a task");
+                supervisor.park(handed.expect("handed back"));
+            }
+            assert!(x_token.exists(), "the saved token is restored");
+            // Its refresh, near the token's end, is refused: the retry, an hour later, comes
+            // after the expiry, so x wakes at the expiry only to report it.
+            clock.jump(Duration::from_secs(59 * 60));
+            supervisor.wake_due();
+            while !parked(&supervisor, &x) {
+                let handed = supervisor.tasks.join_next().await.expect("a task");
+                supervisor.park(handed.expect("handed back"));
+            }
+            // b's request hangs in flight and c waits for its place: due clients are held back.
+            let b = ClientName::parse("b").expect("name");
+            supervisor.start(&b, Start::Fetch);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while supervisor.context.enough_queued() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b never took its place"
+                );
+                tokio::task::yield_now().await;
+            }
+            supervisor.start(&ClientName::parse("c").expect("name"), Start::Fetch);
+            assert!(supervisor.context.enough_queued());
+            while supervisor.reports.try_recv().is_ok() {}
+            // The token expires.
+            clock.jump(Duration::from_secs(2 * 60));
+            supervisor.wake_due();
+            assert!(!x_token.exists(), "the expired token's file is removed");
+            let mut expired = false;
+            while let Ok((_, report)) = supervisor.reports.try_recv() {
+                expired |= matches!(report, Report::Expired { client } if client == x);
+            }
+            assert!(expired, "x's expiry is reported");
+            assert!(
+                supervisor
+                    .next_wake(true, clock.now())
+                    .is_some_and(|wake| wake > clock.now()),
+                "the timer waits for the next wake-up, not for ever nor at once"
+            );
         });
         drop(listener);
     }

@@ -797,17 +797,15 @@ impl Parked {
         self.progress.wake_at(self.worker.context.clock.now())
     }
 
-    /// At its wake-up time (or after a nudge): whether an attempt is due now; if not and the
-    /// token on disk has just expired, reports that (and removes its files if so configured).
+    /// At its wake-up time (or after a nudge): whether an attempt is due now. A token on disk
+    /// that has just expired is reported first (and its files removed if so configured), even
+    /// when the attempt is due too: a retry is often due at the expiry, and may hang.
     pub(crate) fn due(&mut self) -> bool {
         let now = self.worker.context.clock.now();
-        if now >= self.progress.due {
-            return true;
-        }
         if let Some(token) = self.progress.newly_expired(now) {
             self.worker.span().in_scope(|| self.worker.expire(token));
         }
-        false
+        now >= self.progress.due
     }
 
     /// What the supervisor told every client (`nudges`, counts so far) since this one last
@@ -1149,6 +1147,50 @@ mod tests {
         });
         assert!(!Arc::ptr_eq(&renewed.rate, &faster.rate));
         assert_eq!(faster.rate.per_second(), Some(4.0));
+    }
+
+    /// A parked client whose retry falls due at its token's expiry (the backoff never sleeps
+    /// past it, so the two often coincide) reports the expiry and removes the files with
+    /// `on_expiry = "remove"` when it wakes, before its attempt: that attempt may hang for
+    /// `http_timeout`, and the expired file must not stay meanwhile.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
+    fn a_client_due_at_its_tokens_expiry_reports_it_before_the_attempt() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let output = directory.path().join("api.token");
+        std::fs::write(&output, "abc.def").expect("token file");
+        let text = format!(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             client_secret = \"s\"\non_expiry = \"remove\"\n[[clients.api.output]]\npath = {:?}\n",
+            output.display().to_string()
+        );
+        let config =
+            crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
+                Err(std::env::VarError::NotPresent)
+            })
+            .expect("valid config");
+        let spec = Arc::clone(&config.clients[0]);
+        let context = WorkerContext::new(config.agent.clone(), Clock::system());
+        let (sender, mut reports) = mpsc::unbounded_channel();
+        let reporter = Reporter { worker: 1, sender };
+        let worker = Worker::new(spec, context, Some(reporter));
+        let mut parked = worker.park(1, Start::Fetch, Nudges::default());
+        let expired_at = SystemTime::now() - Duration::from_secs(1);
+        parked.progress.current = Some(Token {
+            access_token: crate::secret::Secret::new("abc.def"),
+            token_type: "Bearer".to_owned(),
+            scope: None,
+            issued_at: expired_at - Duration::from_secs(3600),
+            expires_at: expired_at,
+            issued_token_type: None,
+        });
+        parked.progress.due = expired_at;
+        assert!(parked.due(), "the retry is due");
+        assert!(
+            matches!(reports.try_recv(), Ok((1, Report::Expired { .. }))),
+            "the expiry is reported when the client wakes"
+        );
+        assert!(!output.exists(), "the expired token's file is removed");
     }
 
     /// A worker aborted (a reload, SIGTERM) once its token files are being written still saves
