@@ -1,6 +1,7 @@
 //! The event loop: owns every client's worker (parked between attempts, in a task while one
-//! runs), wakes each when it is due, applies reloads with [`plan`], and publishes [`Status`]. Everything that can make bearerd act arrives here as one `Event`.
-//! It never fetches, writes token files or talks to the OS itself.
+//! runs), wakes each when it is due, applies reloads with [`plan`], and publishes [`Status`].
+//! Everything that can make bearerd act arrives here as one `Event`. It never fetches, writes
+//! token files or talks to the OS itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
