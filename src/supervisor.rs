@@ -864,6 +864,14 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
     }
 
+    /// The daemon's kind of runtime: one thread, with timers and I/O.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
     fn names_of(count: usize) -> Vec<ClientName> {
         (0..count)
             .map(|index| ClientName::parse(&format!("c{index}")).expect("name"))
@@ -982,11 +990,7 @@ mod tests {
                 outputs.path().display()
             ));
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        runtime().block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config(&text), Clock::system(), notices);
             // Each is due at once (there is no saved token to restore): two tasks, 28 parked.
@@ -1052,23 +1056,16 @@ mod tests {
         let x = ClientName::parse("x").expect("name");
         let spec = Arc::clone(config.client("x").expect("x"));
         let issued_at = SystemTime::now();
-        let token = crate::token::Token {
-            access_token: crate::secret::Secret::new("abc.def"),
-            token_type: "Bearer".to_owned(),
-            scope: None,
+        let token = crate::token::sample_between(
+            "abc.def",
             issued_at,
-            expires_at: issued_at + Duration::from_secs(3600),
-            issued_token_type: None,
-        };
+            issued_at + Duration::from_secs(3600),
+        );
         crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
             .expect("state saved");
         let x_token = directory.path().join("x.token");
         let clock = Clock::system();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        runtime().block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config, clock.clone(), notices);
             let parked = |supervisor: &Supervisor, name: &ClientName| {

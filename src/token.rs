@@ -44,11 +44,28 @@ pub fn is_b64token(token: &str) -> bool {
 pub(crate) fn sample(access_token: &str, scope: Option<&str>, expires_at: u64) -> Token {
     use std::time::{Duration, UNIX_EPOCH};
     Token {
+        scope: scope.map(str::to_owned),
+        ..sample_between(
+            access_token,
+            UNIX_EPOCH + Duration::from_secs(expires_at - 300),
+            UNIX_EPOCH + Duration::from_secs(expires_at),
+        )
+    }
+}
+
+/// A token for unit tests: `Bearer`, no scope, good from `issued_at` until `expires_at`.
+#[cfg(test)]
+pub(crate) fn sample_between(
+    access_token: &str,
+    issued_at: SystemTime,
+    expires_at: SystemTime,
+) -> Token {
+    Token {
         access_token: Secret::new(access_token),
         token_type: "Bearer".to_owned(),
-        scope: scope.map(str::to_owned),
-        issued_at: UNIX_EPOCH + Duration::from_secs(expires_at - 300),
-        expires_at: UNIX_EPOCH + Duration::from_secs(expires_at),
+        scope: None,
+        issued_at,
+        expires_at,
         issued_token_type: None,
     }
 }

@@ -1099,6 +1099,19 @@ mod tests {
 
     use super::*;
 
+    /// A config with one client, `api`, its `extra` settings and one output at `output`.
+    fn api_client(extra: &str, output: &Path) -> crate::config::Config {
+        let text = format!(
+            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
+             client_secret = \"s\"\n{extra}[[clients.api.output]]\npath = {:?}\n",
+            output.display().to_string()
+        );
+        crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
+            Err(std::env::VarError::NotPresent)
+        })
+        .expect("valid config")
+    }
+
     /// A refresh-now waiting out its quiet second is not postponed by a step of the wall
     /// clock: after a step back of an hour it is due within the second, as before the step.
     #[test]
@@ -1159,16 +1172,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("temporary directory");
         let output = directory.path().join("api.token");
         std::fs::write(&output, "abc.def").expect("token file");
-        let text = format!(
-            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
-             client_secret = \"s\"\non_expiry = \"remove\"\n[[clients.api.output]]\npath = {:?}\n",
-            output.display().to_string()
-        );
-        let config =
-            crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
-                Err(std::env::VarError::NotPresent)
-            })
-            .expect("valid config");
+        let config = api_client("on_expiry = \"remove\"\n", &output);
         let spec = Arc::clone(&config.clients[0]);
         let context = WorkerContext::new(config.agent.clone(), Clock::system());
         let (sender, mut reports) = mpsc::unbounded_channel();
@@ -1176,14 +1180,11 @@ mod tests {
         let worker = Worker::new(spec, context, Some(reporter));
         let mut parked = worker.park(1, Start::Fetch, Nudges::default());
         let expired_at = SystemTime::now() - Duration::from_secs(1);
-        parked.progress.current = Some(Token {
-            access_token: crate::secret::Secret::new("abc.def"),
-            token_type: "Bearer".to_owned(),
-            scope: None,
-            issued_at: expired_at - Duration::from_secs(3600),
-            expires_at: expired_at,
-            issued_token_type: None,
-        });
+        parked.progress.current = Some(crate::token::sample_between(
+            "abc.def",
+            expired_at - Duration::from_secs(3600),
+            expired_at,
+        ));
         parked.progress.due = expired_at;
         assert!(parked.due(), "the retry is due");
         assert!(
@@ -1199,27 +1200,15 @@ mod tests {
     fn the_state_is_saved_when_the_worker_is_aborted_during_the_write() {
         let directory = tempfile::tempdir().expect("temporary directory");
         let output = directory.path().join("api.token");
-        let text = format!(
-            "[clients.api]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"api\"\n\
-             client_secret = \"s\"\n[[clients.api.output]]\npath = {:?}\n",
-            output.display().to_string()
-        );
-        let config =
-            crate::config::Config::parse(Path::new("/etc/bearerd/bearerd.toml"), &text, &|_| {
-                Err(std::env::VarError::NotPresent)
-            })
-            .expect("valid config");
+        let config = api_client("", &output);
         let spec = Arc::clone(&config.clients[0]);
         let state_path = state::path(&config.agent, &spec);
         let issued_at = SystemTime::now();
-        let token = Token {
-            access_token: crate::secret::Secret::new("abc.def"),
-            token_type: "Bearer".to_owned(),
-            scope: None,
+        let token = crate::token::sample_between(
+            "abc.def",
             issued_at,
-            expires_at: issued_at + Duration::from_secs(3600),
-            issued_token_type: None,
-        };
+            issued_at + Duration::from_secs(3600),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
