@@ -430,11 +430,10 @@ impl Worker {
         // From now until its files are renamed, this worker's write is coming: a batch's
         // directory syncs wait for it (a bounded time), so one sync covers the batch.
         let coming = output::WriteComing::new();
-        // The place in flight is held until this attempt's files and state are written (not
-        // until their directories are synced: that is shared with others in flight). It
-        // is taken once the host's request rate allows a request (every attempt spends a
-        // turn, failed ones too), and after the backoff and any Retry-After: the rate only
-        // ever adds to that wait.
+        // The place in flight is held until the token is in and a writer's place is free (see
+        // `attempt`). It is taken once the host's request rate allows a request (every attempt
+        // spends a turn, failed ones too), and after the backoff and any Retry-After: the rate
+        // only ever adds to that wait.
         let permits = Arc::clone(&self.context.permits);
         // Without a rate, nothing boxed while waiting for a place: 10,000 clients starting
         // at once would each hold a box and their host's name (+3 MiB resident).
