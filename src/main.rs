@@ -9,10 +9,11 @@ use bearerd::cli::{Cli, Command};
 use bearerd::config::{Config, LogFormat};
 use clap::Parser;
 
-/// Threads for file writes (each a few fsyncs) and DNS lookups. With tokio's default, 512,
-/// 1,000 clients starting at once spawned hundreds of threads (+2.3 MiB resident) for writes
-/// that all wait on the same disk anyway (see BENCHMARKS.md).
-const BLOCKING_THREADS: usize = 8;
+/// Threads for file writes and DNS lookups: as many as the default `max_concurrent_requests`
+/// (and so writers). With tokio's default, 512, 1,000 clients starting at once spawned
+/// hundreds of threads (+2.3 MiB resident) for writes that all wait on the same disk anyway;
+/// with 8, each thread's malloc arena kept ~14 MB at 100,000 clients (BENCHMARKS.md).
+const BLOCKING_THREADS: usize = 4;
 
 fn main() -> ExitCode {
     // First, before a secret is read: a non-dumpable process leaves no core dump, and other
