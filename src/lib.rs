@@ -110,6 +110,8 @@ pub async fn run_once(
             Err(error) => failed.push(("?".to_owned(), format!("worker task failed: {error}"))),
         }
     }
+    // A client that ran out of time may have left a write on its way.
+    worker::settle_writes().await;
     failed.sort();
     if failed.is_empty() {
         Ok(())

@@ -438,6 +438,7 @@ impl Supervisor {
         let _ = self.notices.send(Notice::Stopping);
         info!("stopping");
         self.tasks.shutdown().await;
+        crate::worker::settle_writes().await;
     }
 
     fn start(&mut self, name: &ClientName, start: Start) {

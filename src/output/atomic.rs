@@ -456,6 +456,27 @@ mod tests {
     }
 
     #[test]
+    fn settle_returns_once_every_file_handed_over_is_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut renamed = RenamedIn::default();
+        for index in 0..50 {
+            let path = dir.path().join(format!("c{index:02}.token"));
+            assert!(write_if_changed(&path, b"t", 0o600, &mut renamed).expect("write"));
+        }
+        // Nobody waits for the writes (their worker was stopped): what a clean exit leaves.
+        drop(renamed);
+        // Other tests' writes may keep the process from settling within the bound; ours are
+        // done by then all the same.
+        let settled = crate::output::settle(std::time::Duration::from_secs(10));
+        let names = names_in(dir.path());
+        assert_eq!(names.len(), 50, "settled: {settled}; {names:?}");
+        assert!(
+            names.iter().all(|name| name.ends_with(".token")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
     fn a_rename_that_fails_after_the_sync_names_the_path_and_removes_the_temporary_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let occupied = dir.path().join("occupied");

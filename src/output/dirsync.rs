@@ -343,6 +343,8 @@ struct State {
     first_asked: Option<Instant>,
     last_asked: Option<Instant>,
     writes_coming: usize,
+    /// Whether a round is being synced (taken from `asked`, its waiters not yet told).
+    syncing: bool,
     started: bool,
 }
 
@@ -373,6 +375,8 @@ impl Syncer {
                     let _ = waiter.send(outcome.clone());
                 }
             }
+            self.lock().syncing = false;
+            self.wake.notify_all();
         }
     }
 
@@ -395,6 +399,7 @@ impl Syncer {
             if state.writes_coming == 0 || left.is_zero() {
                 state.first_asked = None;
                 state.last_asked = None;
+                state.syncing = true;
                 return std::mem::take(&mut state.asked);
             }
             state = self
@@ -404,6 +409,29 @@ impl Syncer {
                 .0;
         }
     }
+}
+
+/// Waits, up to `bound`, until no token write is on its way: every write begun has handed its
+/// temporary files over, each has been renamed (or removed), and every directory asked for
+/// has been synced. For a clean exit, once no new write can begin: a process that exits with
+/// files still in the data syncer's hands leaves their temporary files behind (swept at the
+/// next start, but litter until then) and the token not in place. Returns whether it settled.
+pub(crate) fn settle(bound: Duration) -> bool {
+    let syncer = syncer();
+    let until = Instant::now() + bound;
+    let mut state = syncer.lock();
+    while state.writes_coming > 0 || !state.asked.is_empty() || state.syncing {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        state = syncer
+            .wake
+            .wait_timeout(state, left)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+    }
+    true
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub(crate) use self::atomic::{
     Durability, TEMP_NAME_EXTRA, remove_output, sweep_stale_temps, write_atomic_as,
     write_if_changed,
 };
-pub(crate) use self::dirsync::{DirSync, RenamedIn, WriteComing};
+pub(crate) use self::dirsync::{DirSync, RenamedIn, WriteComing, settle};
 pub use self::template::Template;
 pub(crate) use self::template::rfc3339;
 use self::template::unix_seconds;

@@ -128,6 +128,24 @@ pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool
     Ok(changed)
 }
 
+/// The longest a clean exit waits for token writes on their way to their files.
+const SETTLE_BOUND: Duration = Duration::from_secs(5);
+
+/// For a clean exit, once every worker has stopped: waits (up to [`SETTLE_BOUND`]) for the
+/// writes already begun, on blocking threads or in the syncers' hands, to be renamed into place
+/// and their directories synced, so that a stop leaves no temporary file behind.
+pub(crate) async fn settle_writes() {
+    let settled = tokio::task::spawn_blocking(|| output::settle(SETTLE_BOUND))
+        .await
+        .unwrap_or(false);
+    if !settled {
+        warn!(
+            "token writes were still in progress after {} s; their temporary files are swept at the next start",
+            SETTLE_BOUND.as_secs()
+        );
+    }
+}
+
 /// [`write_outputs`] up to the hand-over: the files written (on a blocking thread) and handed
 /// to the syncers; returns whether any changed and the sync to wait for.
 async fn hand_over_outputs(

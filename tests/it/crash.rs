@@ -160,3 +160,56 @@ fn sigkill_at_random_moments_never_leaves_a_partial_file() {
         idp.token_request_count()
     );
 }
+
+/// A clean stop in the middle of a batch (300 clients writing into one directory, SIGTERM as
+/// soon as the first temporary file appears) waits for the writes already begun: it leaves no
+/// temporary file, and every token file there is complete. Five fresh starts, since where in
+/// the batch the signal lands varies.
+#[test]
+fn sigterm_in_the_middle_of_a_batch_leaves_no_temporary_file() {
+    const CLIENTS: usize = 300;
+    let idp = TestIdp::start(IdpSettings {
+        accept_unknown_clients: true,
+        ..IdpSettings::default()
+    });
+    for _ in 0..5 {
+        let harness = Harness::new();
+        harness.write_config(&Config::new().clients((0..CLIENTS).map(|index| {
+            Client::new(&format!("c{index}"))
+                .token_url(&idp.token_url())
+                .client_id(&format!("c{index}"))
+                .secret("s")
+                .output(format!("out/c{index}.token"))
+        })));
+        let out = harness.path("out");
+        let daemon = Daemon::start(&harness);
+        // Polled closely (not `wait_until`'s 20 ms): the moment a temporary file exists, a
+        // write is on its way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while temporary_files(&out).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no write began; log:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (status, _) = daemon.terminate();
+        assert!(status.success());
+        assert_eq!(temporary_files(&out), Vec::<std::path::PathBuf>::new());
+        let written: Vec<_> = std::fs::read_dir(&out)
+            .expect("out")
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == "token")
+            })
+            .collect();
+        assert!(!written.is_empty());
+        for path in written {
+            let token = std::fs::read_to_string(&path).expect("read token");
+            assert!(is_b64token(&token), "{}: {token:?}", path.display());
+        }
+    }
+}
