@@ -103,7 +103,9 @@ fn main_page(command: &clap::Command, writer: &mut dyn Write) -> std::io::Result
         .text([roman("the configuration file when -c is not given")])
         .control("TP", [])
         .text([bold("RUST_LOG")])
-        .text([roman("log filter, default info; logs go to standard error")])
+        .text([roman(
+            "log filter: a level, target=level pairs or both, comma-separated; default info; logs go to standard error",
+        )])
         .control("TP", [])
         .text([bold("CREDENTIALS_DIRECTORY")])
         .text([roman(

@@ -122,16 +122,29 @@ fn print_stdout(bytes: &[u8]) -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+/// Logs go to stderr; `RUST_LOG` filters (default `info`): a level, `target=level` pairs, or
+/// both, comma-separated (tracing-subscriber's `Targets`: no regex engine in the binary, whose
+/// every page costs resident memory); one it cannot parse means the default.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     let result = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Text => registry
+            .with(layer.with_ansi(false).with_filter(filter))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().with_current_span(true).with_filter(filter))
+            .try_init(),
     };
     if let Err(error) = result {
         eprintln!("bearerd: cannot set up logging: {error}");

@@ -544,3 +544,54 @@ fn the_config_path_comes_from_bearerd_config_when_c_is_absent() {
         "{stderr}"
     );
 }
+
+/// `RUST_LOG` is a level, `target=level` pairs, or both; one bearerd cannot read means the
+/// default, `info` (docs/operating.md "Troubleshooting").
+#[test]
+fn rust_log_sets_levels_per_target_and_an_unreadable_one_means_info() {
+    let idp = idp();
+    // A fresh directory each time, so every run fetches (and logs what a fetch logs).
+    let log_with = |rust_log: Option<&str>| {
+        let harness = Harness::new();
+        harness.write_config(&one_client(&idp));
+        let mut command = harness.command(&["run", "--once"]);
+        if let Some(rust_log) = rust_log {
+            command.env("RUST_LOG", rust_log);
+        }
+        let output = command.output().expect("run bearerd");
+        let stderr = text(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let debug_lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|line| line.contains(" DEBUG "))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    for default in [None, Some("bearerd=loud"), Some("")] {
+        let log = log_with(default);
+        assert!(log.contains(" INFO "), "{default:?}: {log}");
+        assert_eq!(debug_lines(&log), Vec::<String>::new(), "{default:?}");
+    }
+    let log = log_with(Some("warn"));
+    assert!(!log.contains(" INFO "), "{log}");
+
+    // Per target: what is off for everything else is on for one module.
+    let log = log_with(Some("warn,bearerd::worker=info"));
+    let info: Vec<&str> = log.lines().filter(|line| line.contains(" INFO ")).collect();
+    assert!(!info.is_empty(), "{log}");
+    assert!(
+        info.iter().all(|line| line.contains(" bearerd::worker: ")),
+        "{info:#?}"
+    );
+    assert!(log.contains(" WARN bearerd::preflight: "), "{log}");
+
+    // The libraries' own lines are there to be had.
+    let debug = debug_lines(&log_with(Some("debug")));
+    assert!(
+        debug.iter().any(|line| !line.contains(" bearerd::")),
+        "{debug:#?}"
+    );
+}
