@@ -25,8 +25,10 @@ authenticates it with client_secret_basic or client_secret_post, whichever the r
 Installed by `.ci/run` from tests/interop/requirements.txt into tests/interop/.venv.
 """
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socketserver
 import sys
@@ -53,6 +55,8 @@ READY = sys.stdout
 sys.stdout = sys.stderr
 
 WORKDIR = tempfile.mkdtemp(prefix="bearerd-dot-")
+# Removed however the server ends: a normal or failed exit (atexit), or `stop` below.
+atexit.register(shutil.rmtree, WORKDIR, True)
 SCOPES = CONFIG.get("scopes", ["tasks:read", "tasks:write"])
 
 import django  # noqa: E402
@@ -127,6 +131,8 @@ base = f"http://127.0.0.1:{port}"
 
 
 def stop(*_):
+    # os._exit skips atexit: the database goes first.
+    shutil.rmtree(WORKDIR, ignore_errors=True)
     os._exit(0)
 
 

@@ -290,12 +290,13 @@ impl Drop for Daemon {
 
 /// A server process a test talks to (the interop authorization servers), given its config as a
 /// JSON file: its stdin held open, since such a server exits at EOF (so it dies with the test
-/// process), both output pipes collected, and killed on drop, its output printed when the test
-/// failed.
+/// process), both output pipes collected, and on drop its stdin closed (so it ends and cleans up
+/// after itself, e.g. Django's database directory) and killed if it is still there 2 s later,
+/// its output printed when the test failed.
 pub struct Server {
     name: String,
     child: Child,
-    _stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     _config: tempfile::NamedTempFile,
     output: Lines,
 }
@@ -344,7 +345,7 @@ impl Server {
                 let server = Server {
                     name: name.to_owned(),
                     child,
-                    _stdin: stdin,
+                    stdin: Some(stdin),
                     _config: config_file,
                     output,
                 };
@@ -379,6 +380,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        drop(self.stdin.take());
+        let child = &mut self.child;
+        wait_until(Duration::from_secs(2), || {
+            !matches!(child.try_wait(), Ok(None))
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
