@@ -15,10 +15,15 @@ use crate::files;
 use crate::output::OutputSpec;
 use crate::secret::Secret;
 
-/// A client's name: `[A-Za-z0-9_-]+`. Shared, not copied: the supervisor's maps, the status
-/// and every report name the client (one copy each was ~100 bytes a client, BENCHMARKS.md).
+/// A client's name: `[A-Za-z0-9_-]{1,128}`. Shared, not copied: the supervisor's maps, the
+/// status and every report name the client (one copy each was ~100 bytes a client,
+/// BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientName(Arc<str>);
+
+/// The longest client name: it is part of file names (`.NAME.bearerd-state.json`, and that
+/// file's temporary name, 30 bytes longer), which may be at most 255 bytes.
+const NAME_MAX_LEN: usize = 128;
 
 impl ClientName {
     pub(crate) fn parse(name: &str) -> Result<Self, String> {
@@ -26,13 +31,18 @@ impl ClientName {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if valid {
-            Ok(Self(Arc::from(name)))
-        } else {
-            Err(format!(
+        if !valid {
+            return Err(format!(
                 "invalid client name {name:?}: expected one or more of A-Z a-z 0-9 _ -"
-            ))
+            ));
         }
+        if name.len() > NAME_MAX_LEN {
+            return Err(format!(
+                "invalid client name: {} characters long; at most {NAME_MAX_LEN}, since it is part of the state file's name",
+                name.len()
+            ));
+        }
+        Ok(Self(Arc::from(name)))
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -479,6 +489,11 @@ path = "api.token"
     #[test]
     fn client_names_are_checked() {
         assert!(ClientName::parse("tasklist_2-b").is_ok());
+        assert!(ClientName::parse(&"a".repeat(128)).is_ok());
+        assert_eq!(
+            ClientName::parse(&"a".repeat(129)).expect_err("too long"),
+            "invalid client name: 129 characters long; at most 128, since it is part of the state file's name"
+        );
         for bad in ["", "a b", "a.b", "é", "a/b"] {
             assert!(ClientName::parse(bad).is_err(), "{bad:?}");
         }
