@@ -148,8 +148,9 @@ fn redact_body(body: &[u8], echoable: &[String]) -> Vec<u8> {
     }
 }
 
-/// The forms in which a server may echo `value`: as is, form-encoded and JSON-escaped. None
-/// for a value under 4 bytes (redacting it would garble messages and hide nothing).
+/// The forms in which a server may echo `value`: as is, form-encoded, JSON-escaped and
+/// HTML-escaped. None for a value under 4 bytes (redacting it would garble messages and hide
+/// nothing).
 fn echoable_forms(value: &Secret) -> Vec<String> {
     let value = value.expose();
     if value.len() < 4 {
@@ -162,7 +163,32 @@ fn echoable_forms(value: &Secret) -> Vec<String> {
         .and_then(|rest| rest.strip_suffix('"'))
         .unwrap_or(&json)
         .to_owned();
-    vec![value.to_owned(), encoded, json]
+    let mut forms = vec![value.to_owned(), encoded, json];
+    forms.extend(html_escaped(value));
+    forms
+}
+
+/// `value` as an HTML error page may quote it (a proxy's or a framework's page that echoes
+/// what it was sent): `&`, `<` and `>` escaped, and quotes as they are or in each spelling
+/// templates use (`&quot;` or `&#34;`; `&#39;`, `&#x27;` or `&apos;`). None when `value` has
+/// nothing to escape: its plain form covers it.
+fn html_escaped(value: &str) -> Vec<String> {
+    if !value.contains(['&', '<', '>', '"', '\'']) {
+        return Vec::new();
+    }
+    let base = value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let mut forms = vec![base.clone()];
+    for double in ["&quot;", "&#34;"] {
+        for single in ["&#39;", "&#x27;", "&apos;"] {
+            forms.push(base.replace('"', double).replace('\'', single));
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 /// The HTTP request for `request`, without sending it, and what in it a server may echo.
@@ -851,6 +877,38 @@ mod tests {
         .expect_err("500");
         assert!(!error.message().contains("wrong-secret"), "{error}");
         assert!(error.message().contains("[redacted]"), "{error}");
+    }
+
+    /// An HTML error page (a proxy's, a framework's) that quotes the secret HTML-escaped, in
+    /// the spellings Python's `html.escape`, Go's `html/template` and others use.
+    #[tokio::test]
+    async fn a_secret_echoed_html_escaped_is_redacted() {
+        let idp = Idp::start(IdpSettings::default()).await.expect("idp");
+        idp.add_client("bot", "right", DEFAULT);
+        let secret = r#"s3cr&t<x>"y'z"#;
+        for echo in [
+            "s3cr&amp;t&lt;x&gt;&quot;y&#39;z",
+            "s3cr&amp;t&lt;x&gt;&#34;y&#39;z",
+            "s3cr&amp;t&lt;x&gt;&quot;y&#x27;z",
+            "s3cr&amp;t&lt;x&gt;\"y'z",
+        ] {
+            idp.set_fault(Fault::Status {
+                status: 500,
+                body: format!("<html><body><p>bad client_secret {echo}</p></body></html>"),
+                content_type: "text/html".into(),
+                retry_after: None,
+            });
+            let error = request(
+                &http(),
+                &idp.token_url(),
+                "bot",
+                Credentials::Post(Secret::new(secret)),
+            )
+            .await
+            .expect_err("500");
+            assert!(!error.message().contains("s3cr"), "{echo}: {error}");
+            assert!(error.message().contains("[redacted]"), "{echo}: {error}");
+        }
     }
 
     /// An echo the message would quote cut short (an excerpt is 120 characters) is no longer
