@@ -19,6 +19,10 @@
 //! - `once_1000_syncs`: the sync calls (fsync, fdatasync, …) of `run --once` for 1,000 clients
 //!   in one directory, counted by `strace -f -c` (skipped without strace).
 //! - `once_1000_cN`: `run --once` for 1,000 clients with `max_concurrent_requests = N`.
+//! - `once_1000_pairs` (with `--against OLD`): `run --once` for 1,000 clients in one directory,
+//!   alternated with the binary `OLD` in pairs (who goes first alternates too), each run into
+//!   a fresh directory (the last one renamed away, not deleted: ext4 is slow to create files
+//!   just after thousands were deleted); the ratio pair by pair, median, min and max.
 //! - `rss_N`: the daemon's VmHWM/VmRSS once all N clients' tokens are on disk (N up to
 //!   100,000), then `rss_per_client_A_B`: what each client adds between two of them.
 //! - `cpu_per_refresh`: daemon utime+stime over many refreshes of short-lived tokens, per refresh.
@@ -29,7 +33,8 @@
 //! - `binary`: the size of the binary measured.
 //!
 //! Options: `--short` (CI: fewer runs and clients, same code paths), `--bin PATH` (measure
-//! another build, e.g. a profile variant), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, rss, cpu,
+//! another build, e.g. a profile variant), `--against PATH` (an older build, for
+//! `once_1000_pairs`; `--pairs N` of them, default 15), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, pairs, rss, cpu,
 //! idle, reload, binary), `--rss-clients 10000` (only these sizes of `rss_N`).
 //! The full mode wants `curl`, `jq`, and `python3` with `requests`; a comparison whose tool is
 //! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
@@ -134,10 +139,14 @@ struct Options {
     only: Vec<String>,
     /// `--rss-clients 10000,100000`: only these `rss_N` (e.g. one size under valgrind).
     rss_clients: Vec<usize>,
+    /// `--against OLD`: the build `once_1000_pairs` alternates with.
+    against: Option<PathBuf>,
+    /// `--pairs N`: how many pairs `once_1000_pairs` runs.
+    pairs: usize,
 }
 
 impl Options {
-    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, rss, cpu, idle,
+    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, pairs, rss, cpu, idle,
     /// reload, binary.
     fn wants(&self, family: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|name| name == family)
@@ -192,6 +201,12 @@ fn main() {
             bench.once_many(sizes.once_many_clients, concurrency, sizes.once_many_runs);
         }
     }
+    if options.wants("pairs") {
+        match &options.against {
+            Some(against) => bench.once_many_pairs(sizes.once_many_clients, against, options.pairs),
+            None => println!("bench once_1000_pairs: skipped (no --against OLD_BINARY)"),
+        }
+    }
     if options.wants("rss") {
         let rss_clients = if options.rss_clients.is_empty() {
             sizes.rss_clients
@@ -234,6 +249,8 @@ fn parse_args() -> Options {
     let mut bin = None;
     let mut only = Vec::new();
     let mut rss_clients = Vec::new();
+    let mut against = None;
+    let mut pairs = 15;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -244,6 +261,19 @@ fn parse_args() -> Options {
                 let list = args.next().expect("--only needs scenario names, a,b");
                 only.extend(list.split(',').map(str::to_owned));
             }
+            "--against" => {
+                against = Some(PathBuf::from(
+                    args.next()
+                        .expect("--against needs a path to another bearerd"),
+                ));
+            }
+            "--pairs" => {
+                pairs = args
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--pairs needs a number above 0");
+            }
             "--rss-clients" => {
                 let list = args.next().expect("--rss-clients needs numbers, 10,1000");
                 rss_clients.extend(
@@ -253,7 +283,7 @@ fn parse_args() -> Options {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,rss,cpu,idle,reload,binary] [--rss-clients 10,10000]"
+                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,pairs,rss,cpu,idle,reload,binary] [--rss-clients 10,10000] [--against OLD_BIN [--pairs 15]]"
                 );
                 std::process::exit(0);
             }
@@ -272,12 +302,21 @@ fn parse_args() -> Options {
         );
         std::process::exit(2);
     }
+    if let Some(against) = against.as_ref().filter(|against| !against.is_file()) {
+        eprintln!(
+            "bench: no bearerd binary at {} (--against)",
+            against.display()
+        );
+        std::process::exit(2);
+    }
     Options {
         short,
         no_compare,
         bin,
         only,
         rss_clients,
+        against,
+        pairs,
     }
 }
 
@@ -390,7 +429,12 @@ impl Bench {
     }
 
     fn bearerd(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.bin);
+        self.bearerd_with(&self.bin, dir, args)
+    }
+
+    /// [`Self::bearerd`] with another build of it.
+    fn bearerd_with(&self, bin: &Path, dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(bin);
         command
             .args(args)
             .arg("-c")
@@ -529,6 +573,53 @@ impl Bench {
             cpu / runs as f64,
             median(&walls) / clients as f64,
             idp.token_request_count()
+        );
+    }
+
+    /// `run --once` for `clients` clients, alternated with the build `against` in `pairs`
+    /// pairs (the first of each pair alternates), each run into a fresh `out`: the ratio of
+    /// the two, pair by pair. Both builds talk to the same endpoint with the same config.
+    fn once_many_pairs(&self, clients: usize, against: &Path, pairs: usize) {
+        let dir = self.scenario_dir("once_pairs");
+        let idp = self.idp(LONG_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(clients));
+        let out = dir.join("out");
+        let run = |bin: &Path| {
+            reset_dir(&out);
+            let mut command = self.bearerd_with(bin, &dir, &["run", "--once"]);
+            let started = Instant::now();
+            let status = command.status().expect("cannot start bearerd");
+            let wall = ms(started.elapsed());
+            check_exit("bearerd run --once", status, &dir);
+            assert_eq!(
+                count_files(&out, ".token"),
+                clients,
+                "every client's token is on disk"
+            );
+            wall
+        };
+        let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            let (mine, other) = if pair % 2 == 0 {
+                let mine = run(&self.bin);
+                (mine, run(against))
+            } else {
+                let other = run(against);
+                (run(&self.bin), other)
+            };
+            ours.push(mine);
+            theirs.push(other);
+            ratios.push(mine / other);
+        }
+        println!(
+            "bench once_{clients}_pairs: wall_ms={:.1} against_wall_ms={:.1} (medians of {pairs}) \
+             ratio_median={:.2} ratio_min={:.2} ratio_max={:.2} against={}",
+            median(&ours),
+            median(&theirs),
+            median(&ratios),
+            min(&ratios),
+            ratios.iter().copied().fold(f64::MIN, f64::max),
+            against.display()
         );
     }
 
@@ -782,8 +873,21 @@ fn write_atomic(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("cannot rename the config");
 }
 
+/// Makes `dir` a new empty directory. An existing one is renamed into `trash` beside it, not
+/// deleted: on ext4, creating files just after thousands were deleted is slow (the inode
+/// allocator skips inodes freed in the last half minute), which would time the deletion, not
+/// bearerd. The trash goes with the scratch directory.
 fn reset_dir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
+    if dir.exists() {
+        let trash = dir.with_file_name("trash");
+        std::fs::create_dir_all(&trash).expect("cannot create the trash directory");
+        let mut index = 0;
+        while trash.join(index.to_string()).exists() {
+            index += 1;
+        }
+        std::fs::rename(dir, trash.join(index.to_string()))
+            .expect("cannot move the output directory aside");
+    }
     std::fs::create_dir_all(dir).expect("cannot create the output directory");
 }
 
