@@ -276,10 +276,12 @@ enum SlotState {
         abort: AbortHandle,
         token_file_changed: bool,
     },
-    /// Between attempts, with no task: `wake` is its key in [`Supervisor::wakes`].
+    /// Between attempts, with no task: `wake` is its key in [`Supervisor::wakes`], `expiry`
+    /// its key in [`Supervisor::expiries`] if it is there.
     Parked {
         parked: Box<Parked>,
         wake: SystemTime,
+        expiry: Option<SystemTime>,
     },
 }
 
@@ -303,6 +305,10 @@ pub(crate) struct Supervisor {
     /// While due clients are held back: the wake-up times up to this one have been looked at
     /// (expiries reported), and the due clients among them wait their turn.
     checked: SystemTime,
+    /// Due clients held back in their place, by their token's expiry, while it is still to be
+    /// reported: the wakes do not look at them again once they have been looked at, and a
+    /// queue behind requests that hang can outlast a token.
+    expiries: BTreeMap<(SystemTime, u64), ClientName>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.
     hooks: HashMap<ClientName, hooks::Gate>,
@@ -341,6 +347,7 @@ impl Supervisor {
             workers: HashMap::new(),
             wakes: BTreeMap::new(),
             checked: SystemTime::UNIX_EPOCH,
+            expiries: BTreeMap::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
             nudges: Nudges::default(),
@@ -502,13 +509,22 @@ impl Supervisor {
     /// in the order it fell due).
     fn settle(&mut self, mut parked: Box<Parked>) {
         let (name, id) = (parked.name().clone(), parked.id());
-        let state = if parked.due() && !self.context.enough_queued() {
+        let due = parked.due();
+        let state = if due && !self.context.enough_queued() {
             let queued = self.context.queue();
             self.spawn(parked.attempt(queued))
         } else {
             let wake = parked.wake_at();
             self.wakes.insert((wake, id), name.clone());
-            SlotState::Parked { parked, wake }
+            let expiry = due.then(|| parked.unreported_expiry()).flatten();
+            if let Some(expiry) = expiry {
+                self.expiries.insert((expiry, id), name.clone());
+            }
+            SlotState::Parked {
+                parked,
+                wake,
+                expiry,
+            }
         };
         self.workers.insert(name, Slot { id, state });
     }
@@ -524,7 +540,12 @@ impl Supervisor {
         } else {
             self.wakes.range(..)
         };
-        wakes.next().map(|((wake, _), _)| *wake)
+        let wake = wakes.next().map(|((wake, _), _)| *wake);
+        let expiry = self.expiries.keys().next().map(|(expiry, _)| *expiry);
+        match (wake, expiry) {
+            (Some(wake), Some(expiry)) => Some(wake.min(expiry)),
+            (wake, expiry) => wake.or(expiry),
+        }
     }
 
     /// Looks at every parked client whose wake-up time has come, while there is room for
@@ -532,6 +553,7 @@ impl Supervisor {
     /// expires is reported at its time, as when each client had a timer of its own).
     fn wake_due(&mut self) {
         let now = self.context.clock().now();
+        self.expire_held_back(now);
         while !self.context.enough_queued()
             && let Some(entry) = self.wakes.first_entry()
             && entry.key().0 <= now
@@ -554,17 +576,46 @@ impl Supervisor {
         self.checked = now;
         for (id, name) in come {
             let Some(Slot {
-                state: SlotState::Parked { parked, .. },
+                state:
+                    SlotState::Parked {
+                        parked,
+                        expiry: kept,
+                        ..
+                    },
                 ..
             }) = self.workers.get_mut(&name).filter(|slot| slot.id == id)
             else {
                 continue;
             };
-            // A due client keeps its place; one that only had an expiry to report wakes later.
-            if !parked.due()
-                && let Some(parked) = self.take_parked(&name, id)
-            {
+            // A due client keeps its place (its expiry, if to come, is looked at in its
+            // time); one that only had an expiry to report wakes later.
+            if parked.due() {
+                // The token, and so its expiry, does not change while parked.
+                if let Some(expiry) = parked.unreported_expiry() {
+                    *kept = Some(expiry);
+                    self.expiries.insert((expiry, id), name);
+                }
+            } else if let Some(parked) = self.take_parked(&name, id) {
                 self.settle(parked);
+            }
+        }
+    }
+
+    /// Reports the expiries that have come of due clients held back in their place (and
+    /// removes their files if so configured); they keep their place.
+    fn expire_held_back(&mut self, now: SystemTime) {
+        while let Some(entry) = self.expiries.first_entry()
+            && entry.key().0 <= now
+        {
+            let ((_, id), name) = entry.remove_entry();
+            if let Some(Slot {
+                state: SlotState::Parked { parked, expiry, .. },
+                ..
+            }) = self.workers.get_mut(&name).filter(|slot| slot.id == id)
+            {
+                *expiry = None;
+                // Reports the expiry; due it was, and due it stays.
+                parked.due();
             }
         }
     }
@@ -613,8 +664,15 @@ impl Supervisor {
         }
         let slot = self.workers.remove(name)?;
         match slot.state {
-            SlotState::Parked { parked, wake } => {
+            SlotState::Parked {
+                parked,
+                wake,
+                expiry,
+            } => {
                 self.wakes.remove(&(wake, id));
+                if let Some(expiry) = expiry {
+                    self.expiries.remove(&(expiry, id));
+                }
                 Some(parked)
             }
             SlotState::Busy { .. } => None,
@@ -625,8 +683,11 @@ impl Supervisor {
         if let Some(slot) = self.workers.remove(name) {
             match slot.state {
                 SlotState::Busy { abort, .. } => abort.abort(),
-                SlotState::Parked { wake, .. } => {
+                SlotState::Parked { wake, expiry, .. } => {
                     self.wakes.remove(&(wake, slot.id));
+                    if let Some(expiry) = expiry {
+                        self.expiries.remove(&(expiry, slot.id));
+                    }
                 }
             }
         }
@@ -1118,6 +1179,108 @@ mod tests {
                     .next_wake(true, clock.now())
                     .is_some_and(|wake| wake > clock.now()),
                 "the timer waits for the next wake-up, not for ever nor at once"
+            );
+        });
+        drop(listener);
+    }
+
+    /// A client whose refresh is due but held back in its place (every place in flight and
+    /// in the queue taken by requests that hang) still has its token's expiry reported at its
+    /// time, and with `on_expiry = "remove"` its files removed; it keeps its place.
+    #[test]
+    fn the_expiry_of_a_due_client_held_back_is_reported_in_its_time() {
+        // Never accepts: a connection completes in the backlog and its request hangs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let hung = listener.local_addr().expect("address");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let dir = directory.path().display();
+        let mut text = format!(
+            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n\
+             state_dir = \"{dir}/state\"\n"
+        );
+        for (name, extra) in [("x", "on_expiry = \"remove\"\n"), ("b", ""), ("c", "")] {
+            text.push_str(&format!(
+                "[clients.{name}]\ntoken_url = \"http://{hung}/token\"\n\
+                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
+                 {extra}[[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
+            ));
+        }
+        let config = config(&text);
+        let x = ClientName::parse("x").expect("name");
+        let spec = Arc::clone(config.client("x").expect("x"));
+        let issued_at = SystemTime::now();
+        let token = crate::token::sample_between(
+            "abc.def",
+            issued_at,
+            issued_at + Duration::from_secs(3600),
+        );
+        crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
+            .expect("state saved");
+        let x_token = directory.path().join("x.token");
+        let clock = Clock::system();
+        runtime().block_on(async {
+            let (notices, _notices) = mpsc::unbounded_channel();
+            let mut supervisor = Supervisor::new(config, clock.clone(), notices);
+            let parked = |supervisor: &Supervisor, name: &ClientName| {
+                supervisor
+                    .workers
+                    .get(name)
+                    .is_some_and(|slot| matches!(slot.state, SlotState::Parked { .. }))
+            };
+            // x restores its saved token and is parked until its refresh.
+            supervisor.start(&x, Start::ReuseSaved);
+            while !parked(&supervisor, &x) {
+                let handed = supervisor.tasks.join_next().await.expect("a task");
+                supervisor.park(handed.expect("handed back"));
+            }
+            assert!(x_token.exists(), "the saved token is restored");
+            // b's request hangs in flight and c waits for its place: due clients are held back.
+            supervisor.start(&ClientName::parse("b").expect("name"), Start::Fetch);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while supervisor.context.enough_queued() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b never took its place"
+                );
+                tokio::task::yield_now().await;
+            }
+            supervisor.start(&ClientName::parse("c").expect("name"), Start::Fetch);
+            assert!(supervisor.context.enough_queued());
+            while supervisor.reports.try_recv().is_ok() {}
+            // x's refresh falls due: it waits its turn, parked.
+            clock.jump(Duration::from_secs(58 * 60));
+            supervisor.wake_due();
+            assert!(parked(&supervisor, &x), "x waits its turn");
+            assert!(x_token.exists(), "x's token is still good");
+            assert!(
+                supervisor
+                    .next_wake(true, clock.now())
+                    .is_some_and(|wake| wake > clock.now()),
+                "the timer waits for x's expiry"
+            );
+            // The token expires before x's turn comes.
+            clock.jump(Duration::from_secs(3 * 60));
+            assert!(
+                supervisor
+                    .next_wake(true, clock.now())
+                    .is_some_and(|wake| wake <= clock.now()),
+                "x's expiry is due"
+            );
+            supervisor.wake_due();
+            assert!(!x_token.exists(), "the expired token's file is removed");
+            let mut expired = false;
+            while let Ok((_, report)) = supervisor.reports.try_recv() {
+                expired |= matches!(report, Report::Expired { client } if client == x);
+            }
+            assert!(expired, "x's expiry is reported");
+            assert!(parked(&supervisor, &x), "x keeps its place");
+            assert!(
+                supervisor.expiries.is_empty(),
+                "x's expiry is looked at once"
+            );
+            assert!(
+                supervisor.next_wake(true, clock.now()).is_none(),
+                "nothing is left to wake for until a place comes"
             );
         });
         drop(listener);

@@ -128,6 +128,10 @@ pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool
     Ok(changed)
 }
 
+/// How long an attempt waiting for a place in flight sleeps, at most, before it looks at its
+/// token's expiry again (see [`Worker::until_placed`]).
+const PLACE_RECHECK: Duration = Duration::from_secs(60);
+
 /// The longest a clean exit waits for token writes on their way to their files.
 const SETTLE_BOUND: Duration = Duration::from_secs(5);
 
@@ -445,14 +449,14 @@ impl Worker {
         // Without a rate, nothing boxed while waiting for a place: 10,000 clients starting
         // at once would each hold a box and their host's name (+3 MiB resident).
         let in_flight = if self.context.rate.per_second().is_none() {
-            permits.acquire().await
+            self.until_placed(progress, permits.acquire()).await
         } else {
             let host = rate::host_of(self.session.next_url(&self.spec.request));
             let paced = self
                 .context
                 .rate
                 .paced(host, &self.context.clock, permits.acquire());
-            Box::pin(paced).await
+            self.until_placed(progress, Box::pin(paced)).await
         };
         drop(queued);
         let Ok(in_flight) = in_flight else {
@@ -463,6 +467,32 @@ impl Worker {
         let span = self.span();
         let attempt = self.attempt(progress, coming, in_flight).instrument(span);
         Ok(Box::pin(attempt).await)
+    }
+
+    /// Waits for `place` (a place in flight); if the token on disk expires meanwhile, reports
+    /// it at its time (and removes its files with `on_expiry = "remove"`), as a parked client
+    /// would: behind requests that hang, the wait for a place can outlast a token. The timer
+    /// is set again at least every [`PLACE_RECHECK`], so a step of the wall clock is noticed.
+    async fn until_placed<F: Future>(&self, progress: &mut Progress, place: F) -> F::Output {
+        let mut place = std::pin::pin!(place);
+        loop {
+            let clock = &self.context.clock;
+            let Some(expiry) = progress.unreported_expiry() else {
+                return place.await;
+            };
+            let wake = clock
+                .now()
+                .checked_add(PLACE_RECHECK)
+                .map_or(expiry, |later| expiry.min(later));
+            tokio::select! {
+                placed = &mut place => return placed,
+                () = clock.sleep_until(wake) => {
+                    if let Some(token) = progress.newly_expired(clock.now()) {
+                        self.span().in_scope(|| self.expire(token));
+                    }
+                }
+            }
+        }
     }
 
     /// One attempt, once due and in flight: fetch, then write the files and state. Returns
@@ -903,14 +933,20 @@ impl Progress {
     /// first (to report it).
     fn wake_at(&self, now: SystemTime) -> SystemTime {
         let expiry = self
-            .current
-            .as_ref()
-            .map(|token| token.expires_at)
-            .filter(|expires_at| *expires_at > now && !self.expired_reported);
+            .unreported_expiry()
+            .filter(|expires_at| *expires_at > now);
         match expiry {
             Some(expires_at) => self.due.min(expires_at),
             None => self.due,
         }
+    }
+
+    /// When the current token expires, unless that has been reported already.
+    fn unreported_expiry(&self) -> Option<SystemTime> {
+        self.current
+            .as_ref()
+            .map(|token| token.expires_at)
+            .filter(|_| !self.expired_reported)
     }
 
     /// The current token, the first time it is seen expired at `now`.
@@ -1113,5 +1149,55 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(saved.access_token.expose(), "abc.def");
+    }
+
+    /// An attempt waiting for its place in flight (every place taken by requests that hang)
+    /// reports the token on disk expiring meanwhile at its time, and removes its files with
+    /// `on_expiry = "remove"`, rather than when the place comes.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // test fixtures are written with std::fs::write
+    fn a_token_that_expires_while_its_attempt_waits_for_a_place_is_reported() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let output = directory.path().join("api.token");
+        std::fs::write(&output, "abc.def").expect("token file");
+        let config = api_client("on_expiry = \"remove\"\n", &output);
+        let spec = Arc::clone(&config.clients[0]);
+        let clock = Clock::system();
+        let context = WorkerContext::new(config.agent.clone(), clock.clone());
+        let places = context.agent.max_concurrent_requests as u32;
+        let _taken = Arc::clone(&context.permits)
+            .try_acquire_many_owned(places)
+            .expect("every place");
+        let (sender, mut reports) = mpsc::unbounded_channel();
+        let mut worker = Worker::new(spec, context, Some(Reporter { worker: 1, sender }));
+        let now = clock.now();
+        let mut progress = Progress::new(now, Nudges::default());
+        progress.current = Some(crate::token::sample_between(
+            "abc.def",
+            now - Duration::from_secs(3600),
+            now + Duration::from_millis(300),
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let removed = async {
+                while output.exists() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::select! {
+                _ = worker.try_attempt(&mut progress, None) => panic!("the attempt got a place"),
+                () = removed => {}
+                () = tokio::time::sleep(Duration::from_secs(10)) => {
+                    panic!("the expired token's file is still there")
+                }
+            }
+        });
+        assert!(
+            matches!(reports.try_recv(), Ok((1, Report::Expired { .. }))),
+            "the expiry is reported"
+        );
     }
 }

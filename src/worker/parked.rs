@@ -51,6 +51,12 @@ impl Parked {
         self.progress.wake_at(self.worker.context.clock.now())
     }
 
+    /// When its token expires, unless that has been reported: a due client held back in its
+    /// place is looked at again then (see `Supervisor::wake_due`).
+    pub(crate) fn unreported_expiry(&self) -> Option<SystemTime> {
+        self.progress.unreported_expiry()
+    }
+
     /// At its wake-up time (or after a nudge): whether an attempt is due now. A token on disk
     /// that has just expired is reported first (and its files removed if so configured), even
     /// when the attempt is due too: a retry is often due at the expiry, and may hang.
