@@ -23,6 +23,10 @@
 //!   alternated with the binary `OLD` in pairs (who goes first alternates too), each run into
 //!   a fresh directory (the last one renamed away, not deleted: ext4 is slow to create files
 //!   just after thousands were deleted); the ratio pair by pair, median, min and max.
+//! - `restart_N`: a daemon with N clients (10,000; 1,000 with `--short`) restarted once every
+//!   token is on disk: the time from its start to `READY=1` on a real `NOTIFY_SOCKET` (every
+//!   client tried: here, each saved token reused), the requests it sent (expected 0) and its
+//!   resident memory then; with `--against OLD`, the same with the old build, alternated.
 //! - `rss_N`: the daemon's VmHWM/VmRSS once all N clients' tokens are on disk (N up to
 //!   100,000), then `rss_per_client_A_B`: what each client adds between two of them.
 //! - `cpu_per_refresh`: daemon utime+stime over many refreshes of short-lived tokens, per refresh.
@@ -34,7 +38,7 @@
 //!
 //! Options: `--short` (CI: fewer runs and clients, same code paths), `--bin PATH` (measure
 //! another build, e.g. a profile variant), `--against PATH` (an older build, for
-//! `once_1000_pairs`; `--pairs N` of them, default 15), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, pairs, rss, cpu,
+//! `once_1000_pairs`; `--pairs N` of them, default 15), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, pairs, restart, rss, cpu,
 //! idle, reload, binary), `--rss-clients 10000` (only these sizes of `rss_N`).
 //! The full mode wants `curl`, `jq`, and `python3` with `requests`; a comparison whose tool is
 //! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
@@ -56,6 +60,7 @@ struct Sizes {
     once_1_runs: usize,
     once_many_runs: usize,
     once_many_clients: usize,
+    restart_clients: usize,
     concurrency: &'static [usize],
     rss_clients: &'static [usize],
     refresh_clients: usize,
@@ -68,6 +73,7 @@ const FULL: Sizes = Sizes {
     once_1_runs: 50,
     once_many_runs: 5,
     once_many_clients: 1000,
+    restart_clients: 10_000,
     concurrency: &[4, 16, 64, 256],
     rss_clients: &[1, 10, 1000, 10_000, 100_000],
     refresh_clients: 200,
@@ -80,6 +86,7 @@ const SHORT: Sizes = Sizes {
     once_1_runs: 5,
     once_many_runs: 1,
     once_many_clients: 1000,
+    restart_clients: 1000,
     concurrency: &[4, 64],
     rss_clients: &[1, 10, 1000],
     refresh_clients: 20,
@@ -146,7 +153,8 @@ struct Options {
 }
 
 impl Options {
-    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, pairs, rss, cpu, idle,
+    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, pairs, restart, rss,
+    /// cpu, idle,
     /// reload, binary.
     fn wants(&self, family: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|name| name == family)
@@ -206,6 +214,9 @@ fn main() {
             Some(against) => bench.once_many_pairs(sizes.once_many_clients, against, options.pairs),
             None => println!("bench once_1000_pairs: skipped (no --against OLD_BINARY)"),
         }
+    }
+    if options.wants("restart") {
+        bench.restart(sizes.restart_clients, options.against.as_deref());
     }
     if options.wants("rss") {
         let rss_clients = if options.rss_clients.is_empty() {
@@ -283,7 +294,7 @@ fn parse_args() -> Options {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,pairs,rss,cpu,idle,reload,binary] [--rss-clients 10,10000] [--against OLD_BIN [--pairs 15]]"
+                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,pairs,restart,rss,cpu,idle,reload,binary] [--rss-clients 10,10000] [--against OLD_BIN [--pairs 15]]"
                 );
                 std::process::exit(0);
             }
@@ -675,6 +686,73 @@ impl Bench {
             ms(took)
         );
         anon
+    }
+
+    /// A restart with every token saved: start a daemon of `clients` clients, wait for every
+    /// token, stop it; then, three times (alternated with `against` if given), start it again
+    /// and time it until `READY=1` arrives on a notify socket, with the requests it sent.
+    fn restart(&self, clients: usize, against: Option<&Path>) {
+        use std::os::unix::net::UnixDatagram;
+        let scenario = format!("restart_{clients}");
+        let dir = self.scenario_dir(&scenario);
+        let idp = self.idp(LONG_LIFETIME);
+        Self::write_config(&dir, &idp, "", &Self::clients(clients));
+        drop(self.daemon(&dir, &idp, clients));
+        let socket_path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).expect("cannot bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("cannot set a timeout on the notify socket");
+        let restart = |bin: &Path| {
+            let requests = idp.token_request_count();
+            let started = Instant::now();
+            let child = self
+                .bearerd_with(bin, &dir, &["run"])
+                .env("NOTIFY_SOCKET", &socket_path)
+                .spawn()
+                .expect("cannot start bearerd run");
+            let daemon = Daemon { child };
+            let mut message = [0u8; 4096];
+            loop {
+                let length = socket
+                    .recv(&mut message)
+                    .unwrap_or_else(|error| panic!("no READY=1 from {}: {error}", bin.display()));
+                let text = String::from_utf8_lossy(&message[..length]);
+                if text.lines().any(|line| line == "READY=1") {
+                    break;
+                }
+            }
+            let ready = started.elapsed();
+            drop(daemon);
+            (ms(ready), idp.token_request_count() - requests)
+        };
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..3 {
+            ours.push(restart(&self.bin));
+            if let Some(against) = against {
+                theirs.push(restart(against));
+            }
+        }
+        let line = |runs: &[(f64, usize)]| {
+            let ready: Vec<f64> = runs.iter().map(|run| run.0).collect();
+            let requests: usize = runs.iter().map(|run| run.1).sum();
+            format!(
+                "ready_ms={:.0} (median of {}, min {:.0}) requests={requests}",
+                median(&ready),
+                runs.len(),
+                min(&ready),
+            )
+        };
+        match against {
+            Some(against) => println!(
+                "bench {scenario}: {} against: {} ({})",
+                line(&ours),
+                line(&theirs),
+                against.display()
+            ),
+            None => println!("bench {scenario}: {} (saved tokens reused)", line(&ours)),
+        }
     }
 
     /// (c) CPU time per refresh: short-lived tokens, many refreshes.

@@ -3,7 +3,7 @@
 //! Everything that can make bearerd act arrives here as one `Event`. It never fetches, writes
 //! token files or talks to the OS itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -276,6 +276,9 @@ enum SlotState {
         abort: AbortHandle,
         token_file_changed: bool,
     },
+    /// Started, waiting in [`Supervisor::restores`] for its turn to restore its saved token.
+    /// Nudges meanwhile are told to it once it is parked (they are counts).
+    WaitingToRestore { parked: Box<Parked> },
     /// Between attempts, with no task: `wake` is its key in [`Supervisor::wakes`], `expiry`
     /// its key in [`Supervisor::expiries`] if it is there.
     Parked {
@@ -309,6 +312,10 @@ pub(crate) struct Supervisor {
     /// reported: the wakes do not look at them again once they have been looked at, and a
     /// queue behind requests that hang can outlast a token.
     expiries: BTreeMap<(SystemTime, u64), ClientName>,
+    /// Clients waiting to restore their saved token, in the order they started (a stopped or
+    /// replaced one is skipped when its turn comes): a restore sends nothing and takes no place
+    /// in flight, but only [`crate::worker::RESTORES_AT_ONCE`] run at once.
+    restores: VecDeque<(u64, ClientName)>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.
     hooks: HashMap<ClientName, hooks::Gate>,
@@ -348,6 +355,7 @@ impl Supervisor {
             wakes: BTreeMap::new(),
             checked: SystemTime::UNIX_EPOCH,
             expiries: BTreeMap::new(),
+            restores: VecDeque::new(),
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
             nudges: Nudges::default(),
@@ -419,6 +427,7 @@ impl Supervisor {
                         Err(error) if error.is_panic() => error!("a worker panicked: {error}"),
                         Err(_) => {}
                     }
+                    self.start_restores();
                 }
                 () = sleep_until(&clock, next_wake), if next_wake.is_some() => {
                     self.wake_due();
@@ -509,6 +518,17 @@ impl Supervisor {
     /// in the order it fell due).
     fn settle(&mut self, mut parked: Box<Parked>) {
         let (name, id) = (parked.name().clone(), parked.id());
+        if parked.restores() {
+            let state = if self.restores.is_empty() && !self.context.enough_restoring() {
+                let restoring = self.context.restore_slot();
+                self.spawn(parked.restore(restoring))
+            } else {
+                self.restores.push_back((id, name.clone()));
+                SlotState::WaitingToRestore { parked }
+            };
+            self.workers.insert(name, Slot { id, state });
+            return;
+        }
         let due = parked.due();
         let state = if due && !self.context.enough_queued() {
             let queued = self.context.queue();
@@ -527,6 +547,30 @@ impl Supervisor {
             }
         };
         self.workers.insert(name, Slot { id, state });
+    }
+
+    /// Starts the restores waiting their turn, while fewer than can run at once are under way.
+    fn start_restores(&mut self) {
+        while !self.context.enough_restoring()
+            && let Some((id, name)) = self.restores.pop_front()
+        {
+            let waiting = self.workers.get(&name).is_some_and(|slot| {
+                slot.id == id && matches!(slot.state, SlotState::WaitingToRestore { .. })
+            });
+            if !waiting {
+                continue; // stopped or replaced meanwhile
+            }
+            let Some(Slot {
+                state: SlotState::WaitingToRestore { parked },
+                ..
+            }) = self.workers.remove(&name)
+            else {
+                continue;
+            };
+            let restoring = self.context.restore_slot();
+            let state = self.spawn(parked.restore(restoring));
+            self.workers.insert(name, Slot { id, state });
+        }
     }
 
     /// The next wake-up time to sleep until: the first, or while due clients are held back
@@ -675,7 +719,7 @@ impl Supervisor {
                 }
                 Some(parked)
             }
-            SlotState::Busy { .. } => None,
+            SlotState::Busy { .. } | SlotState::WaitingToRestore { .. } => None,
         }
     }
 
@@ -683,6 +727,8 @@ impl Supervisor {
         if let Some(slot) = self.workers.remove(name) {
             match slot.state {
                 SlotState::Busy { abort, .. } => abort.abort(),
+                // Skipped when its turn comes.
+                SlotState::WaitingToRestore { .. } => {}
                 SlotState::Parked { wake, expiry, .. } => {
                     self.wakes.remove(&(wake, slot.id));
                     if let Some(expiry) = expiry {
@@ -1055,9 +1101,15 @@ mod tests {
         runtime().block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config(&text), Clock::system(), notices);
-            // Each is due at once (there is no saved token to restore): two tasks, 28 parked.
+            // Each first looks for a saved token (a restore takes no place), finds none and is
+            // due at once: two attempts, 28 parked. The attempts hang; the restores end.
             for name in names_of(30) {
                 supervisor.start(&name, Start::ReuseSaved);
+            }
+            assert_eq!(supervisor.tasks.len(), 30, "every restore runs at once");
+            for _ in 0..30 {
+                let handed = supervisor.tasks.join_next().await.expect("a restore");
+                supervisor.park(handed.expect("handed back"));
             }
             assert_eq!(supervisor.tasks.len(), 2);
             assert_eq!(supervisor.wakes.len(), 28);
@@ -1080,6 +1132,114 @@ mod tests {
             assert_eq!(supervisor.tasks.len(), 4, "two in flight, two queued");
             assert_eq!(supervisor.wakes.len(), 26, "the rest parked");
             assert!(supervisor.context.enough_queued());
+        });
+        drop(listener);
+    }
+
+    /// A restore sends nothing, so it is not held back behind requests that hang: with the
+    /// one place in flight and the queue taken, 100 clients with saved tokens are all restored
+    /// (their files written, each reported fresh), at most `RESTORES_AT_ONCE` at a time and
+    /// in the order they started.
+    #[test]
+    fn restores_are_not_held_back_behind_requests_that_hang() {
+        use crate::worker::RESTORES_AT_ONCE;
+        // Never accepts: a connection completes in the backlog and its request hangs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let hung = listener.local_addr().expect("address");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let dir = directory.path().display();
+        let mut text = format!(
+            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n\
+             state_dir = \"{dir}/state\"\n"
+        );
+        let saved = names_of(100);
+        let hanging = ["b", "c"].map(|name| ClientName::parse(name).expect("name"));
+        for name in saved.iter().chain(&hanging) {
+            text.push_str(&format!(
+                "[clients.{name}]\ntoken_url = \"http://{hung}/token\"\n\
+                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
+                 [[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
+            ));
+        }
+        let config = config(&text);
+        let issued_at = SystemTime::now();
+        for name in &saved {
+            let spec = Arc::clone(config.client(name.as_str()).expect("client"));
+            let token = crate::token::sample_between(
+                &format!("token-{name}"),
+                issued_at,
+                issued_at + Duration::from_secs(3600),
+            );
+            crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
+                .expect("state saved");
+        }
+        runtime().block_on(async {
+            let (notices, _notices) = mpsc::unbounded_channel();
+            let mut supervisor = Supervisor::new(config, Clock::system(), notices);
+            // b's request hangs in flight and c waits for its place: attempts are held back.
+            supervisor.start(&hanging[0], Start::Fetch);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while supervisor.context.enough_queued() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b never took its place"
+                );
+                tokio::task::yield_now().await;
+            }
+            supervisor.start(&hanging[1], Start::Fetch);
+            assert!(supervisor.context.enough_queued());
+            for name in &saved {
+                supervisor.start(name, Start::ReuseSaved);
+            }
+            assert_eq!(supervisor.tasks.len(), 2 + RESTORES_AT_ONCE);
+            assert_eq!(supervisor.restores.len(), 100 - RESTORES_AT_ONCE);
+            let mut fresh = Vec::new();
+            while fresh.len() < saved.len() {
+                let joined = tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(deadline),
+                    supervisor.tasks.join_next(),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of 100 restored; the rest wait behind b and c",
+                        fresh.len()
+                    )
+                });
+                supervisor.park(joined.expect("a task").expect("handed back"));
+                supervisor.start_restores();
+                assert!(supervisor.context.restoring_now() <= RESTORES_AT_ONCE);
+                while let Ok((_, report)) = supervisor.reports.try_recv() {
+                    if let Report::Fresh {
+                        client,
+                        origin: Origin::Saved,
+                        ..
+                    } = report
+                    {
+                        fresh.push(client);
+                    }
+                }
+            }
+            let mut started = saved.clone();
+            started.sort();
+            let mut restored = fresh.clone();
+            restored.sort();
+            assert_eq!(restored, started, "each restored once");
+            assert_eq!(fresh[0], saved[0], "the first started is restored first");
+            for name in &saved {
+                let file = directory.path().join(format!("{name}.token"));
+                assert_eq!(
+                    std::fs::read_to_string(&file).expect("token file"),
+                    format!("token-{name}")
+                );
+            }
+            // The tasks that ended are handed back; b's and c's still hang.
+            while supervisor.tasks.len() > 2 {
+                let joined = supervisor.tasks.join_next().await.expect("a task");
+                supervisor.park(joined.expect("handed back"));
+            }
+            assert!(supervisor.restores.is_empty());
+            assert_eq!(supervisor.context.restoring_now(), 0);
         });
         drop(listener);
     }

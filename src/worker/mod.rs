@@ -38,6 +38,8 @@ pub(crate) struct WorkerContext {
     pub(crate) http: HttpClients,
     /// Attempts spawned that have not yet taken their place in flight ([`Queued`]).
     queued: AtomicUsize,
+    /// Restores under way ([`RestoreSlot`]).
+    restoring: AtomicUsize,
     /// Told each time one of them takes its place (or goes away).
     placed: Notify,
 }
@@ -66,6 +68,7 @@ impl WorkerContext {
             writers: Semaphore::new(agent.max_concurrent_requests),
             http: HttpClients::new(agent.http_timeout),
             queued: AtomicUsize::new(0),
+            restoring: AtomicUsize::new(0),
             placed: Notify::new(),
             rate,
             agent,
@@ -100,11 +103,43 @@ impl WorkerContext {
         Queued(Arc::clone(self))
     }
 
+    /// Whether as many restores as may run at once ([`RESTORES_AT_ONCE`]) are under way.
+    pub(crate) fn enough_restoring(&self) -> bool {
+        self.restoring.load(Ordering::SeqCst) >= RESTORES_AT_ONCE
+    }
+
+    /// How many restores are under way.
+    #[cfg(test)]
+    pub(crate) fn restoring_now(&self) -> usize {
+        self.restoring.load(Ordering::SeqCst)
+    }
+
+    /// Counts a restore about to be spawned as under way, until the slot is dropped.
+    pub(crate) fn restore_slot(self: &Arc<Self>) -> RestoreSlot {
+        self.restoring.fetch_add(1, Ordering::SeqCst);
+        RestoreSlot(Arc::clone(self))
+    }
+
     fn backoff(&self) -> Backoff {
         Backoff {
             min: self.agent.backoff_min,
             max: self.agent.backoff_max,
         }
+    }
+}
+
+/// How many daemon clients restore their saved tokens at once (at a start, or a reload that
+/// starts clients): each reads its state file and its token files on a blocking thread, and
+/// waits for the sync round of any it rewrites. Enough to keep the blocking threads busy; few
+/// enough that their tasks weigh nothing (BENCHMARKS.md, restart).
+pub(crate) const RESTORES_AT_ONCE: usize = 64;
+
+/// A restore under way: see [`WorkerContext::restore_slot`].
+pub(crate) struct RestoreSlot(Arc<WorkerContext>);
+
+impl Drop for RestoreSlot {
+    fn drop(&mut self) {
+        self.0.restoring.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -5,7 +5,9 @@ use std::time::SystemTime;
 
 use tracing::{Instrument, debug, error};
 
-use super::{Attempted, Mode, Nudges, Progress, Queued, Restoring, Start, Syncing, Worker};
+use super::{
+    Attempted, Mode, Nudges, Progress, Queued, RestoreSlot, Restoring, Start, Syncing, Worker,
+};
 use crate::config::ClientName;
 
 /// A daemon client between attempts, as the supervisor keeps it while no task runs for it:
@@ -91,6 +93,30 @@ impl Parked {
         progress.nudged = nudges;
     }
 
+    /// Whether its first task is to restore its saved token ([`restore`](Self::restore)),
+    /// not an attempt.
+    pub(crate) fn restores(&self) -> bool {
+        self.progress.restore
+    }
+
+    /// The first task of a client that may reuse its saved token: if the token is still good,
+    /// its files written and handed over (their sync round is still to wait for); if not, the
+    /// client handed back due, for a first attempt that waits its turn like any other. A
+    /// restore sends nothing, so it takes no place in flight nor in the queue for one (a
+    /// restart of 10,000 clients is not held back behind a request that hangs); `restoring`
+    /// counts it among the restores under way, which are bounded apart.
+    pub(crate) async fn restore(mut self: Box<Self>, restoring: RestoreSlot) -> Handed {
+        let Self {
+            worker, progress, ..
+        } = &mut *self;
+        progress.restore = false;
+        let span = worker.span();
+        let restored = worker.begin_restore().instrument(span).await;
+        drop(restoring);
+        let pending = restored.map(Pending::Restored);
+        (self, pending)
+    }
+
     /// The task of a due client: one attempt, up to its files' hand-over (see
     /// [`Worker::try_attempt`]); `queued` counts it as waiting for a place until it has one.
     /// The client stays in its box meanwhile, so the task holds a pointer to it, not a copy.
@@ -101,12 +127,6 @@ impl Parked {
         let Self {
             worker, progress, ..
         } = &mut *self;
-        if std::mem::take(&mut progress.restore) {
-            let span = worker.span();
-            if let Some(restoring) = worker.begin_restore().instrument(span).await {
-                return (self, Some(Pending::Restored(restoring)));
-            }
-        }
         match worker.try_attempt(progress, Some(queued)).await {
             Ok(Attempted::Written(syncing)) => return (self, Some(Pending::Refreshed(syncing))),
             Ok(Attempted::Failed(outcome)) => {
