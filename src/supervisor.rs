@@ -1136,6 +1136,86 @@ mod tests {
         drop(listener);
     }
 
+    /// A server that never answers: a connection completes in the backlog and its request
+    /// hangs (for the test's hour-long `http_timeout`).
+    fn hung_server() -> (std::net::TcpListener, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let address = listener.local_addr().expect("address");
+        (listener, address)
+    }
+
+    /// A config of one place in flight, hour-long timeouts, state in `dir/state` and, per
+    /// client (name, token endpoint, extra keys), a token file `dir/NAME.token`.
+    fn held_back_config(
+        dir: &std::path::Path,
+        agent: &str,
+        clients: &[(&str, std::net::SocketAddr, &str)],
+    ) -> Config {
+        let dir = dir.display();
+        let mut text = format!(
+            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n{agent}\
+             state_dir = \"{dir}/state\"\n"
+        );
+        for (name, address, extra) in clients {
+            text.push_str(&format!(
+                "[clients.{name}]\ntoken_url = \"http://{address}/token\"\n\
+                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
+                 {extra}[[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
+            ));
+        }
+        config(&text)
+    }
+
+    /// Saves `name`'s state: a token `value`, issued now, good for an hour.
+    fn save_token(config: &Config, name: &str, value: &str) {
+        let spec = Arc::clone(config.client(name).expect("client"));
+        let issued_at = SystemTime::now();
+        let token =
+            crate::token::sample_between(value, issued_at, issued_at + Duration::from_secs(3600));
+        crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
+            .expect("state saved");
+    }
+
+    fn is_parked(supervisor: &Supervisor, name: &ClientName) -> bool {
+        supervisor
+            .workers
+            .get(name)
+            .is_some_and(|slot| matches!(slot.state, SlotState::Parked { .. }))
+    }
+
+    /// Whether, among the reports so far (all taken), `name`'s token was reported expired.
+    fn reported_expired(supervisor: &mut Supervisor, name: &ClientName) -> bool {
+        let mut expired = false;
+        while let Ok((_, report)) = supervisor.reports.try_recv() {
+            expired |= matches!(report, Report::Expired { client } if client == *name);
+        }
+        expired
+    }
+
+    /// Hands back the tasks that end until `name` is parked.
+    async fn until_parked(supervisor: &mut Supervisor, name: &ClientName) {
+        while !is_parked(supervisor, name) {
+            let handed = supervisor.tasks.join_next().await.expect("a task");
+            supervisor.park(handed.expect("handed back"));
+        }
+    }
+
+    /// Starts `b` and `c` (whose server hangs) so that due clients are held back: b's request
+    /// hangs in the one place in flight, c waits for it.
+    async fn hold_back(supervisor: &mut Supervisor) {
+        supervisor.start(&ClientName::parse("b").expect("name"), Start::Fetch);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while supervisor.context.enough_queued() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b never took its place"
+            );
+            tokio::task::yield_now().await;
+        }
+        supervisor.start(&ClientName::parse("c").expect("name"), Start::Fetch);
+        assert!(supervisor.context.enough_queued());
+    }
+
     /// A restore sends nothing, so it is not held back behind requests that hang: with the
     /// one place in flight and the queue taken, 100 clients with saved tokens are all restored
     /// (their files written, each reported fresh), at most `RESTORES_AT_ONCE` at a time and
@@ -1143,56 +1223,26 @@ mod tests {
     #[test]
     fn restores_are_not_held_back_behind_requests_that_hang() {
         use crate::worker::RESTORES_AT_ONCE;
-        // Never accepts: a connection completes in the backlog and its request hangs.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-        let hung = listener.local_addr().expect("address");
+        let (listener, hung) = hung_server();
         let directory = tempfile::tempdir().expect("tempdir");
-        let dir = directory.path().display();
-        let mut text = format!(
-            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n\
-             state_dir = \"{dir}/state\"\n"
-        );
         let saved = names_of(100);
-        let hanging = ["b", "c"].map(|name| ClientName::parse(name).expect("name"));
-        for name in saved.iter().chain(&hanging) {
-            text.push_str(&format!(
-                "[clients.{name}]\ntoken_url = \"http://{hung}/token\"\n\
-                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
-                 [[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
-            ));
-        }
-        let config = config(&text);
-        let issued_at = SystemTime::now();
+        let mut clients: Vec<(&str, std::net::SocketAddr, &str)> =
+            saved.iter().map(|name| (name.as_str(), hung, "")).collect();
+        clients.extend([("b", hung, ""), ("c", hung, "")]);
+        let config = held_back_config(directory.path(), "", &clients);
         for name in &saved {
-            let spec = Arc::clone(config.client(name.as_str()).expect("client"));
-            let token = crate::token::sample_between(
-                &format!("token-{name}"),
-                issued_at,
-                issued_at + Duration::from_secs(3600),
-            );
-            crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
-                .expect("state saved");
+            save_token(&config, name.as_str(), &format!("token-{name}"));
         }
         runtime().block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config, Clock::system(), notices);
-            // b's request hangs in flight and c waits for its place: attempts are held back.
-            supervisor.start(&hanging[0], Start::Fetch);
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while supervisor.context.enough_queued() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "b never took its place"
-                );
-                tokio::task::yield_now().await;
-            }
-            supervisor.start(&hanging[1], Start::Fetch);
-            assert!(supervisor.context.enough_queued());
+            hold_back(&mut supervisor).await;
             for name in &saved {
                 supervisor.start(name, Start::ReuseSaved);
             }
             assert_eq!(supervisor.tasks.len(), 2 + RESTORES_AT_ONCE);
             assert_eq!(supervisor.restores.len(), 100 - RESTORES_AT_ONCE);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
             let mut fresh = Vec::new();
             while fresh.len() < saved.len() {
                 let joined = tokio::time::timeout_at(
@@ -1220,10 +1270,9 @@ mod tests {
                     }
                 }
             }
-            let mut started = saved.clone();
-            started.sort();
-            let mut restored = fresh.clone();
+            let (mut restored, mut started) = (fresh.clone(), saved.clone());
             restored.sort();
+            started.sort();
             assert_eq!(restored, started, "each restored once");
             assert_eq!(fresh[0], saved[0], "the first started is restored first");
             for name in &saved {
@@ -1250,90 +1299,47 @@ mod tests {
     /// timer of its own: the wake-up times that pass while held back are looked at.
     #[test]
     fn an_expiry_is_reported_while_due_clients_are_held_back() {
-        // Never accepts: a connection completes in the backlog and its request hangs.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-        let hung = listener.local_addr().expect("address");
+        let (listener, hung) = hung_server();
         // Nothing listens there once it is dropped: a request is refused at once.
         let refused = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|closed| closed.local_addr())
             .expect("address");
         let directory = tempfile::tempdir().expect("tempdir");
-        let dir = directory.path().display();
-        let mut text = format!(
-            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n\
-             backoff_min = \"1h\"\nbackoff_max = \"1h\"\nstate_dir = \"{dir}/state\"\n"
+        let config = held_back_config(
+            directory.path(),
+            "backoff_min = \"1h\"\nbackoff_max = \"1h\"\n",
+            &[
+                ("x", refused, "on_expiry = \"remove\"\n"),
+                ("b", hung, ""),
+                ("c", hung, ""),
+            ],
         );
-        for (name, address, extra) in [
-            ("x", refused, "on_expiry = \"remove\"\n"),
-            ("b", hung, ""),
-            ("c", hung, ""),
-        ] {
-            text.push_str(&format!(
-                "[clients.{name}]\ntoken_url = \"http://{address}/token\"\n\
-                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
-                 {extra}[[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
-            ));
-        }
-        let config = config(&text);
+        save_token(&config, "x", "abc.def");
         let x = ClientName::parse("x").expect("name");
-        let spec = Arc::clone(config.client("x").expect("x"));
-        let issued_at = SystemTime::now();
-        let token = crate::token::sample_between(
-            "abc.def",
-            issued_at,
-            issued_at + Duration::from_secs(3600),
-        );
-        crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
-            .expect("state saved");
         let x_token = directory.path().join("x.token");
         let clock = Clock::system();
         runtime().block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config, clock.clone(), notices);
-            let parked = |supervisor: &Supervisor, name: &ClientName| {
-                supervisor
-                    .workers
-                    .get(name)
-                    .is_some_and(|slot| matches!(slot.state, SlotState::Parked { .. }))
-            };
             // x restores its saved token and is parked until its refresh.
             supervisor.start(&x, Start::ReuseSaved);
-            while !parked(&supervisor, &x) {
-                let handed = supervisor.tasks.join_next().await.expect("a task");
-                supervisor.park(handed.expect("handed back"));
-            }
+            until_parked(&mut supervisor, &x).await;
             assert!(x_token.exists(), "the saved token is restored");
             // Its refresh, near the token's end, is refused: the retry, an hour later, comes
             // after the expiry, so x wakes at the expiry only to report it.
             clock.jump(Duration::from_secs(59 * 60));
             supervisor.wake_due();
-            while !parked(&supervisor, &x) {
-                let handed = supervisor.tasks.join_next().await.expect("a task");
-                supervisor.park(handed.expect("handed back"));
-            }
-            // b's request hangs in flight and c waits for its place: due clients are held back.
-            let b = ClientName::parse("b").expect("name");
-            supervisor.start(&b, Start::Fetch);
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while supervisor.context.enough_queued() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "b never took its place"
-                );
-                tokio::task::yield_now().await;
-            }
-            supervisor.start(&ClientName::parse("c").expect("name"), Start::Fetch);
-            assert!(supervisor.context.enough_queued());
+            until_parked(&mut supervisor, &x).await;
+            hold_back(&mut supervisor).await;
             while supervisor.reports.try_recv().is_ok() {}
             // The token expires.
             clock.jump(Duration::from_secs(2 * 60));
             supervisor.wake_due();
             assert!(!x_token.exists(), "the expired token's file is removed");
-            let mut expired = false;
-            while let Ok((_, report)) = supervisor.reports.try_recv() {
-                expired |= matches!(report, Report::Expired { client } if client == x);
-            }
-            assert!(expired, "x's expiry is reported");
+            assert!(
+                reported_expired(&mut supervisor, &x),
+                "x's expiry is reported"
+            );
             assert!(
                 supervisor
                     .next_wake(true, clock.now())
@@ -1349,68 +1355,34 @@ mod tests {
     /// time, and with `on_expiry = "remove"` its files removed; it keeps its place.
     #[test]
     fn the_expiry_of_a_due_client_held_back_is_reported_in_its_time() {
-        // Never accepts: a connection completes in the backlog and its request hangs.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-        let hung = listener.local_addr().expect("address");
+        let (listener, hung) = hung_server();
         let directory = tempfile::tempdir().expect("tempdir");
-        let dir = directory.path().display();
-        let mut text = format!(
-            "[agent]\nmax_concurrent_requests = 1\nhttp_timeout = \"1h\"\n\
-             state_dir = \"{dir}/state\"\n"
+        let config = held_back_config(
+            directory.path(),
+            "",
+            &[
+                ("x", hung, "on_expiry = \"remove\"\n"),
+                ("b", hung, ""),
+                ("c", hung, ""),
+            ],
         );
-        for (name, extra) in [("x", "on_expiry = \"remove\"\n"), ("b", ""), ("c", "")] {
-            text.push_str(&format!(
-                "[clients.{name}]\ntoken_url = \"http://{hung}/token\"\n\
-                 allow_insecure_http = true\nclient_id = \"{name}\"\nclient_secret = \"s\"\n\
-                 {extra}[[clients.{name}.output]]\npath = \"{dir}/{name}.token\"\n"
-            ));
-        }
-        let config = config(&text);
+        save_token(&config, "x", "abc.def");
         let x = ClientName::parse("x").expect("name");
-        let spec = Arc::clone(config.client("x").expect("x"));
-        let issued_at = SystemTime::now();
-        let token = crate::token::sample_between(
-            "abc.def",
-            issued_at,
-            issued_at + Duration::from_secs(3600),
-        );
-        crate::state::save(&crate::state::path(&config.agent, &spec), &spec, &token)
-            .expect("state saved");
         let x_token = directory.path().join("x.token");
         let clock = Clock::system();
         runtime().block_on(async {
             let (notices, _notices) = mpsc::unbounded_channel();
             let mut supervisor = Supervisor::new(config, clock.clone(), notices);
-            let parked = |supervisor: &Supervisor, name: &ClientName| {
-                supervisor
-                    .workers
-                    .get(name)
-                    .is_some_and(|slot| matches!(slot.state, SlotState::Parked { .. }))
-            };
             // x restores its saved token and is parked until its refresh.
             supervisor.start(&x, Start::ReuseSaved);
-            while !parked(&supervisor, &x) {
-                let handed = supervisor.tasks.join_next().await.expect("a task");
-                supervisor.park(handed.expect("handed back"));
-            }
+            until_parked(&mut supervisor, &x).await;
             assert!(x_token.exists(), "the saved token is restored");
-            // b's request hangs in flight and c waits for its place: due clients are held back.
-            supervisor.start(&ClientName::parse("b").expect("name"), Start::Fetch);
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while supervisor.context.enough_queued() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "b never took its place"
-                );
-                tokio::task::yield_now().await;
-            }
-            supervisor.start(&ClientName::parse("c").expect("name"), Start::Fetch);
-            assert!(supervisor.context.enough_queued());
+            hold_back(&mut supervisor).await;
             while supervisor.reports.try_recv().is_ok() {}
             // x's refresh falls due: it waits its turn, parked.
             clock.jump(Duration::from_secs(58 * 60));
             supervisor.wake_due();
-            assert!(parked(&supervisor, &x), "x waits its turn");
+            assert!(is_parked(&supervisor, &x), "x waits its turn");
             assert!(x_token.exists(), "x's token is still good");
             assert!(
                 supervisor
@@ -1428,12 +1400,11 @@ mod tests {
             );
             supervisor.wake_due();
             assert!(!x_token.exists(), "the expired token's file is removed");
-            let mut expired = false;
-            while let Ok((_, report)) = supervisor.reports.try_recv() {
-                expired |= matches!(report, Report::Expired { client } if client == x);
-            }
-            assert!(expired, "x's expiry is reported");
-            assert!(parked(&supervisor, &x), "x keeps its place");
+            assert!(
+                reported_expired(&mut supervisor, &x),
+                "x's expiry is reported"
+            );
+            assert!(is_parked(&supervisor, &x), "x keeps its place");
             assert!(
                 supervisor.expiries.is_empty(),
                 "x's expiry is looked at once"
