@@ -689,7 +689,8 @@ impl Bench {
     }
 
     /// A restart with every token saved: start a daemon of `clients` clients, wait for every
-    /// token, stop it; then, three times (alternated with `against` if given), start it again
+    /// token, stop it; then, three times (alternated with `against` if given, who goes first
+    /// alternating too), start it again
     /// and time it until `READY=1` arrives on a notify socket, with the requests it sent.
     fn restart(&self, clients: usize, against: Option<&Path>) {
         use std::os::unix::net::UnixDatagram;
@@ -728,10 +729,17 @@ impl Bench {
         };
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
-        for _ in 0..3 {
-            ours.push(restart(&self.bin));
-            if let Some(against) = against {
-                theirs.push(restart(against));
+        for round in 0..3 {
+            match against {
+                Some(against) if round % 2 == 1 => {
+                    theirs.push(restart(against));
+                    ours.push(restart(&self.bin));
+                }
+                Some(against) => {
+                    ours.push(restart(&self.bin));
+                    theirs.push(restart(against));
+                }
+                None => ours.push(restart(&self.bin)),
             }
         }
         let line = |runs: &[(f64, usize)]| {

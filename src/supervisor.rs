@@ -277,7 +277,9 @@ enum SlotState {
         token_file_changed: bool,
     },
     /// Started, waiting in [`Supervisor::restores`] for its turn to restore its saved token.
-    /// Nudges meanwhile are told to it once it is parked (they are counts).
+    /// A refresh-now or a clock change meanwhile is told to it once it is parked (they are
+    /// counts); a token file that changed is not (it only retries a failure, and this client
+    /// has not failed yet).
     WaitingToRestore { parked: Box<Parked> },
     /// Between attempts, with no task: `wake` is its key in [`Supervisor::wakes`], `expiry`
     /// its key in [`Supervisor::expiries`] if it is there.
@@ -1241,7 +1243,13 @@ mod tests {
                 supervisor.start(name, Start::ReuseSaved);
             }
             assert_eq!(supervisor.tasks.len(), 2 + RESTORES_AT_ONCE);
-            assert_eq!(supervisor.restores.len(), 100 - RESTORES_AT_ONCE);
+            let waiting: Vec<&ClientName> =
+                supervisor.restores.iter().map(|(_, name)| name).collect();
+            let last_started: Vec<&ClientName> = saved[RESTORES_AT_ONCE..].iter().collect();
+            assert_eq!(
+                waiting, last_started,
+                "the rest wait in the order they started"
+            );
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             let mut fresh = Vec::new();
             while fresh.len() < saved.len() {
@@ -1274,7 +1282,6 @@ mod tests {
             restored.sort();
             started.sort();
             assert_eq!(restored, started, "each restored once");
-            assert_eq!(fresh[0], saved[0], "the first started is restored first");
             for name in &saved {
                 let file = directory.path().join(format!("{name}.token"));
                 assert_eq!(
@@ -1348,6 +1355,70 @@ mod tests {
             );
         });
         drop(listener);
+    }
+
+    /// A daemon restarted after a saved token's refresh point but before its expiry, with the
+    /// server refusing: the token is put back on disk (a reboot emptied the directory) as the
+    /// last good one, its refresh is attempted at once, and at its expiry it is reported and,
+    /// with `on_expiry = "remove"`, its file removed.
+    #[test]
+    fn a_saved_token_already_due_is_put_back_until_it_expires() {
+        // Nothing listens there once it is dropped: a request is refused at once.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|closed| closed.local_addr())
+            .expect("address");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let config = held_back_config(
+            directory.path(),
+            "backoff_min = \"1h\"\nbackoff_max = \"1h\"\n",
+            &[("x", refused, "on_expiry = \"remove\"\n")],
+        );
+        save_token(&config, "x", "abc.def");
+        let x = ClientName::parse("x").expect("name");
+        let x_token = directory.path().join("x.token");
+        let clock = Clock::system();
+        // The restart comes after the refresh point (0.8 of the hour), before the expiry.
+        clock.jump(Duration::from_secs(59 * 60));
+        runtime().block_on(async {
+            let (notices, _notices) = mpsc::unbounded_channel();
+            let mut supervisor = Supervisor::new(config, clock.clone(), notices);
+            supervisor.start(&x, Start::ReuseSaved);
+            // Restored, then its attempt is refused: the retry comes after the expiry.
+            let mut reports = Vec::new();
+            while reports.len() < 2 {
+                let handed = supervisor.tasks.join_next().await.expect("a task");
+                supervisor.park(handed.expect("handed back"));
+                while let Ok((_, report)) = supervisor.reports.try_recv() {
+                    reports.push(report);
+                }
+            }
+            assert!(
+                matches!(
+                    &reports[0],
+                    Report::Fresh {
+                        origin: Origin::Saved,
+                        ..
+                    }
+                ),
+                "the saved token is reused: {reports:?}"
+            );
+            assert!(
+                matches!(&reports[1], Report::Failed { .. }),
+                "and its refresh attempted at once: {reports:?}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(&x_token).expect("the token file"),
+                "abc.def"
+            );
+            until_parked(&mut supervisor, &x).await;
+            clock.jump(Duration::from_secs(2 * 60));
+            supervisor.wake_due();
+            assert!(
+                reported_expired(&mut supervisor, &x),
+                "the expiry is reported"
+            );
+            assert!(!x_token.exists(), "the expired token's file is removed");
+        });
     }
 
     /// A client whose refresh is due but held back in its place (every place in flight and

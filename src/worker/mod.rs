@@ -129,8 +129,8 @@ impl WorkerContext {
 }
 
 /// How many daemon clients restore their saved tokens at once (at a start, or a reload that
-/// starts clients): each reads its state file and its token files on a blocking thread, and
-/// waits for the sync round of any it rewrites. Enough to keep the blocking threads busy; few
+/// starts clients): each reads its state file (on the runtime's thread), compares or writes its
+/// token files on a blocking thread, and waits for the sync round of any it rewrites. Enough to keep the blocking threads busy; few
 /// enough that their tasks weigh nothing (BENCHMARKS.md, restart).
 pub(crate) const RESTORES_AT_ONCE: usize = 64;
 
@@ -611,19 +611,24 @@ impl Worker {
     /// Reuses the saved token if it was fetched with the same settings and is not yet due:
     /// writes its files and reports it. Returns whether it did.
     async fn restore(&self, progress: &mut Progress) -> bool {
-        let Some(restoring) = self.begin_restore().await else {
+        let Some(restoring) = self.begin_restore(Restore::NotYetDue).await else {
             return false;
         };
         let synced = restoring.synced.wait().await;
         self.restored(progress, restoring.token, restoring.next, synced)
     }
 
-    /// The saved token, if it was fetched with the same settings and is not yet due, with its
-    /// files written and handed over: their sync is still to wait for.
-    async fn begin_restore(&self) -> Option<Restoring> {
+    /// The saved token, if it was fetched with the same settings and `which` allows it, with
+    /// its files written and handed over: their sync is still to wait for.
+    async fn begin_restore(&self, which: Restore) -> Option<Restoring> {
         let token = state::load(&self.state_path(), &self.spec)?;
         let next = self.next_refresh(&token);
-        if self.context.clock.now() >= next {
+        let now = self.context.clock.now();
+        let usable = match which {
+            Restore::NotYetDue => now < next,
+            Restore::Unexpired => now < token.expires_at,
+        };
+        if !usable {
             return None;
         }
         match hand_over_outputs(&self.spec, &token).await {
@@ -840,6 +845,17 @@ impl Worker {
             let _ = reporter.sender.send((reporter.worker, report));
         }
     }
+}
+
+/// Which saved token a restore reuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Restore {
+    /// One not yet due for refresh (`run --once`: it exits with what it restores).
+    NotYetDue,
+    /// Any not yet expired (a daemon): one already due is still the last good token, put back
+    /// on disk (a reboot may have emptied `/run`) and watched to its expiry, while its refresh
+    /// is attempted at once.
+    Unexpired,
 }
 
 /// A saved token being reused: its files handed over, their sync to wait for.

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use tracing::{Instrument, debug, error};
 
 use super::{
-    Attempted, Mode, Nudges, Progress, Queued, RestoreSlot, Restoring, Start, Syncing, Worker,
+    Attempted, Mode, Nudges, Progress, Queued, Restore, RestoreSlot, Restoring, Start, Syncing,
+    Worker,
 };
 use crate::config::ClientName;
 
@@ -99,9 +100,11 @@ impl Parked {
         self.progress.restore
     }
 
-    /// The first task of a client that may reuse its saved token: if the token is still good,
-    /// its files written and handed over (their sync round is still to wait for); if not, the
-    /// client handed back due, for a first attempt that waits its turn like any other. A
+    /// The first task of a client that may reuse its saved token: if the token has not expired,
+    /// its files written and handed over (their sync round is still to wait for; one already
+    /// due for refresh is the last good token until a new one comes, and its attempt is due at
+    /// once); if not, the client handed back due, for a first attempt that waits its turn like
+    /// any other. A
     /// restore sends nothing, so it takes no place in flight nor in the queue for one (a
     /// restart of 10,000 clients is not held back behind a request that hangs); `restoring`
     /// counts it among the restores under way, which are bounded apart.
@@ -111,7 +114,10 @@ impl Parked {
         } = &mut *self;
         progress.restore = false;
         let span = worker.span();
-        let restored = worker.begin_restore().instrument(span).await;
+        let restored = worker
+            .begin_restore(Restore::Unexpired)
+            .instrument(span)
+            .await;
         drop(restoring);
         let pending = restored.map(Pending::Restored);
         (self, pending)
