@@ -521,14 +521,11 @@ impl Supervisor {
     fn settle(&mut self, mut parked: Box<Parked>) {
         let (name, id) = (parked.name().clone(), parked.id());
         if parked.restores() {
-            let state = if self.restores.is_empty() && !self.context.enough_restoring() {
-                let restoring = self.context.restore_slot();
-                self.spawn(parked.restore(restoring))
-            } else {
-                self.restores.push_back((id, name.clone()));
-                SlotState::WaitingToRestore { parked }
-            };
+            // In turn: its restore starts now if there is room and no one before it waits.
+            self.restores.push_back((id, name.clone()));
+            let state = SlotState::WaitingToRestore { parked };
             self.workers.insert(name, Slot { id, state });
+            self.start_restores();
             return;
         }
         let due = parked.due();
