@@ -45,6 +45,9 @@ impl Bucket {
     }
 }
 
+/// The resolution of the runtime's timers.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 /// One request every `1 / per_second` seconds; `per_second` is checked by the config
 /// (0.001 to 10,000), the clamp only keeps a stray value from panicking.
 fn interval(per_second: f64) -> Duration {
@@ -106,7 +109,11 @@ impl RateLimits {
         // tokio's mutex queues its waiters in order: the host's clients take turns.
         let mut bucket = bucket.lock().await;
         let wait = bucket.wait(Instant::now());
-        if !wait.is_zero() {
+        // The runtime's timers tick in milliseconds: a shorter sleep would last a whole tick,
+        // and above 1,000 per second every turn would be a tick late (2,000 per second gave
+        // ~600). Going up to a tick early instead keeps the rate: the next turn is still
+        // counted from when this one was due (`Bucket::take`), not from when it went.
+        if wait >= TIMER_TICK {
             tracing::debug!(
                 %host,
                 wait = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
