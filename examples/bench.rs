@@ -19,6 +19,8 @@
 //! - `once_1000_syncs`: the sync calls (fsync, fdatasync, …) of `run --once` for 1,000 clients
 //!   in one directory, counted by `strace -f -c` (skipped without strace).
 //! - `once_1000_cN`: `run --once` for 1,000 clients with `max_concurrent_requests = N`.
+//! - `once_1000_rate_R`: `run --once` for 1,000 clients with `max_requests_per_second = R`
+//!   (500 and 2,000): the wall time and the rate the endpoint saw, requests ÷ wall.
 //! - `once_1000_pairs` (with `--against OLD`): `run --once` for 1,000 clients in one directory,
 //!   alternated with the binary `OLD` in pairs (who goes first alternates too), each run into
 //!   a fresh directory (the last one renamed away, not deleted: ext4 is slow to create files
@@ -38,7 +40,7 @@
 //!
 //! Options: `--short` (CI: fewer runs and clients, same code paths), `--bin PATH` (measure
 //! another build, e.g. a profile variant), `--against PATH` (an older build, for
-//! `once_1000_pairs`; `--pairs N` of them, default 15), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, pairs, restart, rss, cpu,
+//! `once_1000_pairs`; `--pairs N` of them, default 15), `--no-compare` (no curl/Python), `--only a,b` (families: once_1, https, syncs, once_many, rate, pairs, restart, rss, cpu,
 //! idle, reload, binary), `--rss-clients 10000` (only these sizes of `rss_N`).
 //! The full mode wants `curl`, `jq`, and `python3` with `requests`; a comparison whose tool is
 //! missing is skipped and its line says so, in either mode. Budgets are not asserted here: the
@@ -153,7 +155,7 @@ struct Options {
 }
 
 impl Options {
-    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, pairs, restart, rss,
+    /// Whether to run a family of scenarios: once_1, https, syncs, once_many, rate, pairs, restart, rss,
     /// cpu, idle,
     /// reload, binary.
     fn wants(&self, family: &str) -> bool {
@@ -207,6 +209,11 @@ fn main() {
     if options.wants("once_many") {
         for &concurrency in sizes.concurrency {
             bench.once_many(sizes.once_many_clients, concurrency, sizes.once_many_runs);
+        }
+    }
+    if options.wants("rate") {
+        for per_second in [500, 2000] {
+            bench.once_many_rate(sizes.once_many_clients, per_second);
         }
     }
     if options.wants("pairs") {
@@ -294,7 +301,7 @@ fn parse_args() -> Options {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,pairs,restart,rss,cpu,idle,reload,binary] [--rss-clients 10,10000] [--against OLD_BIN [--pairs 15]]"
+                    "usage: bench [--short] [--no-compare] [--bin PATH] [--only once_1,https,syncs,once_many,rate,pairs,restart,rss,cpu,idle,reload,binary] [--rss-clients 10,10000] [--against OLD_BIN [--pairs 15]]"
                 );
                 std::process::exit(0);
             }
@@ -584,6 +591,32 @@ impl Bench {
             cpu / runs as f64,
             median(&walls) / clients as f64,
             idp.token_request_count()
+        );
+    }
+
+    /// `run --once` for `clients` clients at `max_requests_per_second = per_second` (one host):
+    /// the rate the endpoint saw over the run, beside the one asked for.
+    fn once_many_rate(&self, clients: usize, per_second: u32) {
+        let scenario = format!("once_{clients}_rate_{per_second}");
+        let dir = self.scenario_dir(&scenario);
+        let idp = self.idp(LONG_LIFETIME);
+        let agent = format!("max_requests_per_second = {per_second}");
+        Self::write_config(&dir, &idp, &agent, &Self::clients(clients));
+        reset_dir(&dir.join("out"));
+        let started = Instant::now();
+        let status = self
+            .bearerd(&dir, &["run", "--once"])
+            .status()
+            .expect("cannot start bearerd");
+        let wall = started.elapsed();
+        check_exit("bearerd run --once", status, &dir);
+        let requests = idp.token_request_count();
+        println!(
+            "bench {scenario}: wall_ms={:.0} requests={requests} seen_per_second={:.0} \
+             (asked {per_second}; at most {} in flight)",
+            ms(wall),
+            requests as f64 / wall.as_secs_f64(),
+            4
         );
     }
 
