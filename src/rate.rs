@@ -37,6 +37,19 @@ impl Bucket {
             .map_or(Duration::ZERO, |free| free.saturating_duration_since(now))
     }
 
+    /// How long to sleep from `now` before this turn (zero: go now): the wait, except that a
+    /// bucket that [catches up](Self::catches_up) goes at once when its turn is less than a
+    /// timer tick away (a shorter sleep would last a whole tick: above 1,000 a second every
+    /// turn would be a tick late, and 2,000 a second gave ~600).
+    fn sleep_for(&self, now: Instant) -> Duration {
+        let wait = self.wait(now);
+        if self.catches_up() && wait < TIMER_TICK {
+            Duration::ZERO
+        } else {
+            wait
+        }
+    }
+
     /// Whether the bucket keeps its rate on average rather than its spacing strictly: above
     /// 10 a second, where a tick or two lost per turn would slow it (500 a second gave 320).
     fn catches_up(&self) -> bool {
@@ -67,8 +80,9 @@ const STRICT_FROM: Duration = Duration::from_millis(100);
 
 /// How late a turn of a fast bucket may go and still count from when it was due: a sleep ends
 /// on the tick after its deadline, and a busy machine wakes the task a little later still.
-/// Small beside a second, so a server that counts per second sees at most one more than the
-/// rate.
+/// With the tick a turn may go early, this is the slack of the schedule: the turns due in
+/// 6 ms may go together (no more than `max_concurrent_requests` are in flight), and a server
+/// counting per second sees at most 0.6 % more than the rate, plus one.
 const CATCH_UP: Duration = Duration::from_millis(5);
 
 /// One request every `1 / per_second` seconds; `per_second` is checked by the config
@@ -131,12 +145,8 @@ impl RateLimits {
         );
         // tokio's mutex queues its waiters in order: the host's clients take turns.
         let mut bucket = bucket.lock().await;
-        let wait = bucket.wait(Instant::now());
-        // The runtime's timers tick in milliseconds: a shorter sleep would last a whole tick,
-        // and above 1,000 per second every turn would be a tick late (2,000 per second gave
-        // ~600). A fast bucket goes up to a tick early instead, which keeps the rate: the next
-        // turn is still counted from when this one was due (`Bucket::take`).
-        if wait >= TIMER_TICK || (!wait.is_zero() && !bucket.catches_up()) {
+        let wait = bucket.sleep_for(Instant::now());
+        if !wait.is_zero() {
             tracing::debug!(
                 %host,
                 wait = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
@@ -196,6 +206,50 @@ mod tests {
         assert_eq!(bucket.wait(start), Duration::from_millis(1003));
     }
 
+    /// 10 a second is strict, anything faster catches up; a strict bucket sleeps even a wait
+    /// shorter than a tick, a fast one goes at once.
+    #[test]
+    fn ten_a_second_is_the_last_strict_rate() {
+        let start = Instant::now();
+        for (per_second, strict) in [(10.0, true), (10.000_001, false), (500.0, false)] {
+            let mut bucket = Bucket::new(per_second);
+            assert_eq!(bucket.catches_up(), !strict, "{per_second}");
+            bucket.take(start);
+            let almost = start + interval(per_second) - Duration::from_micros(500);
+            let sleep = bucket.sleep_for(almost);
+            assert_eq!(sleep.is_zero(), !strict, "{per_second}: {sleep:?}");
+        }
+    }
+
+    /// Over any second a fast bucket lets through at most 0.6 % more than its rate, plus one:
+    /// at 500 a second, one turn that goes 4.9 ms late and all the rest on time.
+    #[test]
+    fn a_second_of_a_fast_bucket_holds_the_rate_and_its_slack() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(500.0);
+        let mut go = |at: Instant, late: Duration| {
+            let sent = at + bucket.sleep_for(at) + late;
+            bucket.take(sent);
+            sent
+        };
+        let first = go(start, Duration::ZERO);
+        let mut sent = vec![first, go(first, Duration::from_micros(4_900))];
+        for _ in 0..600 {
+            let last = *sent.last().expect("sent");
+            sent.push(go(last, Duration::ZERO));
+        }
+        for (index, from) in sent.iter().enumerate() {
+            let within = sent[index..]
+                .iter()
+                .filter(|&&at| at < *from + Duration::from_secs(1))
+                .count();
+            assert!(
+                within <= 504,
+                "{within} within a second from request {index}"
+            );
+        }
+    }
+
     #[test]
     fn a_fraction_means_one_request_every_few_seconds() {
         let start = Instant::now();
@@ -228,10 +282,10 @@ mod tests {
     }
 
     proptest! {
-        /// Whenever requests try to go (each waits as long as the bucket says, then goes, up to
-        /// a few ticks late as timers on a busy machine are), none waits longer than it must,
-        /// and any run of them spans their intervals: wholly at up to 10 a second, less
-        /// [`CATCH_UP`] above. No burst, and the rate is kept.
+        /// Whenever requests try to go (each sleeps as the bucket says, then goes, up to a few
+        /// ticks late as timers on a busy machine are), none waits longer than it must, and
+        /// any run of them spans their intervals: wholly at up to 10 a second, less
+        /// [`CATCH_UP`] and a tick above.
         #[test]
         fn requests_are_never_closer_than_the_interval(
             per_second in 0.001f64..10_000.0,
@@ -243,13 +297,13 @@ mod tests {
             let mut arrivals = arrivals;
             arrivals.sort_unstable();
             let strict = !bucket.catches_up();
-            let slack = if strict { Duration::ZERO } else { CATCH_UP };
+            let slack = if strict { Duration::ZERO } else { CATCH_UP + TIMER_TICK };
             let mut sent_at: Vec<Instant> = Vec::new();
             for (offset, late) in arrivals {
                 let arrived = start + Duration::from_micros(offset);
                 // Requests queue in order: one arriving before the last went waits for it.
                 let ready = sent_at.last().map_or(arrived, |last| (*last).max(arrived));
-                let wait = bucket.wait(ready);
+                let wait = bucket.sleep_for(ready);
                 if let Some(last) = sent_at.last() {
                     prop_assert!(ready + wait <= ready.max(*last + spacing));
                 }
