@@ -316,7 +316,7 @@ pub(crate) struct Supervisor {
     expiries: BTreeMap<(SystemTime, u64), ClientName>,
     /// Clients waiting to restore their saved token, in the order they started (a stopped or
     /// replaced one is skipped when its turn comes): a restore sends nothing and takes no place
-    /// in flight, but only [`crate::worker::RESTORES_AT_ONCE`] run at once.
+    /// in flight, but only `worker::context::RESTORES_AT_ONCE` run at once.
     restores: VecDeque<(u64, ClientName)>,
     /// Per client, kept while the client is configured: its worker may be replaced while an
     /// `on_refresh` action runs.

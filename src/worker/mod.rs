@@ -3,276 +3,37 @@
 //! `run --once` loops here ([`Worker::run`]). This is the only place that retries; it reads
 //! no config and watches no OS events.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, Semaphore, SemaphorePermit, mpsc, watch};
+use tokio::sync::{SemaphorePermit, mpsc, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::clock::Clock;
-use crate::config::{Agent, ClientName, ClientSpec, OnExpiry};
+use crate::config::{ClientName, ClientSpec, OnExpiry};
 use crate::hooks;
-use crate::oauth::{FetchError, HttpClients, Session};
+use crate::oauth::{FetchError, Session};
 use crate::output;
-use crate::rate::{self, RateLimits};
-use crate::schedule::{self, Backoff, Failure};
+use crate::rate;
+use crate::schedule::{self, Failure};
 use crate::state;
 use crate::token::Token;
 
+mod context;
 mod parked;
+mod write;
+#[cfg(test)]
+pub(crate) use context::RESTORES_AT_ONCE;
+pub(crate) use context::{Queued, RestoreSlot, WorkerContext};
 pub(crate) use parked::{Handed, Parked};
-
-/// What every worker of one configuration uses besides its own client: agent settings, the
-/// clock, the bound on requests in flight, the request rate per host, and HTTP clients (one
-/// per distinct TLS setting, so connection pools and root stores are shared). A change of
-/// `[agent]` makes a new one ([`WorkerContext::renewed`]).
-pub(crate) struct WorkerContext {
-    agent: Agent,
-    clock: Clock,
-    permits: Arc<Semaphore>,
-    /// As many token writes at once as requests in flight.
-    writers: Semaphore,
-    rate: Arc<RateLimits>,
-    pub(crate) http: HttpClients,
-    /// Attempts spawned that have not yet taken their place in flight ([`Queued`]).
-    queued: AtomicUsize,
-    /// Restores under way ([`RestoreSlot`]).
-    restoring: AtomicUsize,
-    /// Told each time one of them takes its place (or goes away).
-    placed: Notify,
-}
-
-impl WorkerContext {
-    pub(crate) fn new(agent: Agent, clock: Clock) -> Arc<Self> {
-        let rate = RateLimits::new(agent.max_requests_per_second);
-        Self::with_rate(agent, clock, rate)
-    }
-
-    /// The context for a changed `[agent]`: new but for the request rate's buckets, kept
-    /// while `max_requests_per_second` is unchanged, so that a reload (which restarts every
-    /// worker) cannot let a host's next request go early.
-    pub(crate) fn renewed(&self, agent: Agent) -> Arc<Self> {
-        let rate = if self.rate.per_second() == agent.max_requests_per_second {
-            Arc::clone(&self.rate)
-        } else {
-            RateLimits::new(agent.max_requests_per_second)
-        };
-        Self::with_rate(agent, self.clock.clone(), rate)
-    }
-
-    fn with_rate(agent: Agent, clock: Clock, rate: Arc<RateLimits>) -> Arc<Self> {
-        Arc::new(Self {
-            permits: Arc::new(Semaphore::new(agent.max_concurrent_requests)),
-            writers: Semaphore::new(agent.max_concurrent_requests),
-            http: HttpClients::new(agent.http_timeout),
-            queued: AtomicUsize::new(0),
-            restoring: AtomicUsize::new(0),
-            placed: Notify::new(),
-            rate,
-            agent,
-            clock,
-        })
-    }
-
-    pub(crate) fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// Whether a daemon should hold back its due clients rather than spawn their attempts:
-    /// as many attempts as there are places in flight already wait for one. Their tasks are
-    /// the memory of a start or a refresh-now with many clients (10,000 waiting tasks were
-    /// 14 MB, and their holes stayed: BENCHMARKS.md); held back, a client is a parked box.
-    /// Not with a request rate, where a host's clients queue for its turns and must not keep
-    /// another host's waiting behind them.
-    pub(crate) fn enough_queued(&self) -> bool {
-        self.rate.per_second().is_none()
-            && self.queued.load(Ordering::SeqCst) >= self.agent.max_concurrent_requests
-    }
-
-    /// Resolves when a queued attempt has taken its place in flight (or gone away), if
-    /// [`enough_queued`](Self::enough_queued) said so since.
-    pub(crate) async fn placed(&self) {
-        self.placed.notified().await;
-    }
-
-    /// Counts an attempt about to be spawned as queued, until the guard is dropped.
-    pub(crate) fn queue(self: &Arc<Self>) -> Queued {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        Queued(Arc::clone(self))
-    }
-
-    /// Whether as many restores as may run at once ([`RESTORES_AT_ONCE`]) are under way.
-    pub(crate) fn enough_restoring(&self) -> bool {
-        self.restoring.load(Ordering::SeqCst) >= RESTORES_AT_ONCE
-    }
-
-    /// How many restores are under way.
-    #[cfg(test)]
-    pub(crate) fn restoring_now(&self) -> usize {
-        self.restoring.load(Ordering::SeqCst)
-    }
-
-    /// Counts a restore about to be spawned as under way, until the slot is dropped.
-    pub(crate) fn restore_slot(self: &Arc<Self>) -> RestoreSlot {
-        self.restoring.fetch_add(1, Ordering::SeqCst);
-        RestoreSlot(Arc::clone(self))
-    }
-
-    fn backoff(&self) -> Backoff {
-        Backoff {
-            min: self.agent.backoff_min,
-            max: self.agent.backoff_max,
-        }
-    }
-}
-
-/// How many daemon clients restore their saved tokens at once (at a start, or a reload that
-/// starts clients): each reads its state file (on the runtime's thread), compares or writes its
-/// token files on a blocking thread, and waits for the sync round of any it rewrites. Enough to keep the blocking threads busy; few
-/// enough that their tasks weigh nothing (BENCHMARKS.md, restart).
-pub(crate) const RESTORES_AT_ONCE: usize = 64;
-
-/// A restore under way: see [`WorkerContext::restore_slot`].
-pub(crate) struct RestoreSlot(Arc<WorkerContext>);
-
-impl Drop for RestoreSlot {
-    fn drop(&mut self) {
-        self.0.restoring.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// An attempt spawned and waiting for its place in flight: see [`WorkerContext::queue`].
-pub(crate) struct Queued(Arc<WorkerContext>);
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::SeqCst);
-        // One stored wake-up at most: the supervisor looks at its queue again either way.
-        self.0.placed.notify_one();
-    }
-}
-
-/// Renders and writes every output of `spec`; returns whether any file changed, once the
-/// files' directories are durable. The writes run on a blocking thread, so cancelling the
-/// caller cannot interrupt one half-way.
-pub async fn write_outputs(spec: &Arc<ClientSpec>, token: &Token) -> Result<bool, String> {
-    let (changed, synced) = hand_over_outputs(spec, token).await?;
-    synced.wait().await?;
-    Ok(changed)
-}
+pub(crate) use write::settle_writes;
+pub use write::write_outputs;
+use write::{hand_over_outputs, remove_outputs, write_and_save};
 
 /// How long an attempt waiting for a place in flight sleeps, at most, before it looks at its
 /// token's expiry again (see [`Worker::until_placed`]).
 const PLACE_RECHECK: Duration = Duration::from_secs(60);
-
-/// The longest a clean exit waits for token writes on their way to their files.
-const SETTLE_BOUND: Duration = Duration::from_secs(5);
-
-/// For a clean exit, once every worker has stopped: waits (up to [`SETTLE_BOUND`]) for the
-/// writes already begun, on blocking threads or in the syncers' hands, to be renamed into place
-/// and their directories synced, so that a stop leaves no temporary file behind.
-pub(crate) async fn settle_writes() {
-    let settled = tokio::task::spawn_blocking(|| output::settle(SETTLE_BOUND))
-        .await
-        .unwrap_or(false);
-    if !settled {
-        warn!(
-            "token writes were still in progress after {} s; their temporary files are swept at the next start",
-            SETTLE_BOUND.as_secs()
-        );
-    }
-}
-
-/// [`write_outputs`] up to the hand-over: the files written (on a blocking thread) and handed
-/// to the syncers; returns whether any changed and the sync to wait for.
-async fn hand_over_outputs(
-    spec: &Arc<ClientSpec>,
-    token: &Token,
-) -> Result<(bool, output::DirSync), String> {
-    let (spec, token) = (Arc::clone(spec), token.clone());
-    let coming = output::WriteComing::new();
-    let (changed, synced) = tokio::task::spawn_blocking(move || {
-        let mut renamed = output::RenamedIn::default();
-        let changed = write_each_output(&spec, &token, &mut renamed);
-        let synced = renamed.request_sync();
-        drop(coming);
-        (changed, synced)
-    })
-    .await
-    .map_err(|error| format!("writer task failed: {error}"))?;
-    Ok((changed?, synced))
-}
-
-/// What [`write_and_save`] did once the token's files were written.
-struct Written {
-    /// Whether any file changed (so `on_refresh` runs).
-    changed: bool,
-    /// The state file's save, which may fail without failing the refresh.
-    state: Result<(), String>,
-    /// The sync of the files' directories, to wait for before the token counts as written.
-    synced: output::DirSync,
-}
-
-/// Writes every output of `spec`, then saves the state, in one task on a blocking thread (its
-/// fsyncs must not stall every other client on the runtime's one thread). One task, so that
-/// aborting the worker (a reload, SIGTERM) once the files are being written cannot lose the
-/// state save: a blocking task that has started runs to its end, even at runtime shutdown,
-/// while one still queued then is dropped whole, files and state alike. The directories'
-/// syncs are asked for before `coming` is dropped, so the syncer's round covers them.
-async fn write_and_save(
-    state_path: &Path,
-    spec: &Arc<ClientSpec>,
-    token: &Token,
-    coming: output::WriteComing,
-) -> Result<Written, String> {
-    let (state_path, spec, token) = (state_path.to_path_buf(), Arc::clone(spec), token.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut renamed = output::RenamedIn::default();
-        let changed = write_each_output(&spec, &token, &mut renamed);
-        let synced = renamed.request_sync();
-        drop(coming);
-        Ok(Written {
-            changed: changed?,
-            state: state::save(&state_path, &spec, &token),
-            synced,
-        })
-    })
-    .await
-    .map_err(|error| format!("writer task failed: {error}"))?
-}
-
-/// Renders and writes every output of `spec` on this thread; returns whether any file changed.
-/// The directories of the files replaced are added to `renamed`, for their sync.
-fn write_each_output(
-    spec: &ClientSpec,
-    token: &Token,
-    renamed: &mut output::RenamedIn,
-) -> Result<bool, String> {
-    let mut changed = false;
-    let mut errors = Vec::new();
-    for output in &spec.outputs {
-        let bytes = output::render(&output.format, token, spec.name.as_str());
-        match output::write_if_changed(&output.path, &bytes, output.mode, renamed) {
-            Ok(wrote) => changed |= wrote,
-            Err(error) => errors.push(error.to_string()),
-        }
-    }
-    if errors.is_empty() {
-        Ok(changed)
-    } else {
-        Err(errors.join("; "))
-    }
-}
-
-fn remove_outputs(spec: &ClientSpec) {
-    for output in &spec.outputs {
-        if let Err(error) = output::remove_output(&output.path) {
-            warn!(%error, "cannot remove an expired token file");
-        }
-    }
-}
 
 /// What a worker tells the supervisor.
 #[derive(Clone, Debug)]
@@ -1059,9 +820,11 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use std::future::Future;
+    use std::path::Path;
     use std::task::{Context, Waker};
 
     use super::*;
+    use crate::config::Agent;
 
     /// A config with one client, `api`, its `extra` settings and one output at `output`.
     fn api_client(extra: &str, output: &Path) -> crate::config::Config {
